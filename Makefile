@@ -1,0 +1,30 @@
+# One command to install and run the demo, one to install and run the tests (CI runs `make test` via .ci/run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q
+DEMO_SAMPLES ?= 1000
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[vision,test]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/djray sample-data data/demo --num-samples $(DEMO_SAMPLES) --shards 4 --format webdataset
+	$(VENV)/bin/djray run configs/demo.yaml --set output.mode=overwrite
+
+test: install
+	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -m "not gpu and not slow" -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/spine_throughput.py
+
+clean:
+	rm -rf data/demo out/demo

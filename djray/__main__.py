@@ -1,0 +1,5 @@
+import sys
+
+from djray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""The `djray` command line: run, validate, sample-data.
+
+Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
+1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="job config (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="dotted.key=value",
+                   help="override a config value (repeatable), e.g. --set output.mode=overwrite")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from djray import __version__
+
+    parser = argparse.ArgumentParser(prog="djray", description="Govern image-text training data on Ray Data.")
+    parser.add_argument("--version", action="version", version=f"djray {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="validate, then run (or resume) a governance job")
+    _add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+
+    p = sub.add_parser("validate", help="every check `run` makes before reading data, and nothing else")
+    _add_config_args(p)
+
+    p = sub.add_parser("sample-data", help="write a deterministic synthetic image-text corpus")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--format", choices=["webdataset", "parquet"], required=True)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from djray import pipeline
+    from djray.config import ConfigError, load_config
+
+    try:
+        if args.command == "sample-data":
+            return _sample_data(args)
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            plan = pipeline.prepare(cfg)
+            print(f"config OK: {len(plan.shards)} shard(s), stages {' → '.join(cfg.stages())}, "
+                  f"config_sha256 {plan.config_sha256[:16]}…")
+            return EXIT_OK
+        from djray.runtime.manifest import format_summary
+
+        manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        print(format_summary(manifest))
+        return EXIT_OK
+    except ConfigError as e:
+        print(f"djray: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except pipeline.JobError as e:
+        print(f"djray: job failed: {e}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except KeyboardInterrupt:
+        print("djray: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from djray.sample_data import write_sample_corpus
+
+    if args.num_samples < 1 or args.shards < 1:
+        print("djray: --num-samples and --shards must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        paths = write_sample_corpus(args.out, args.num_samples, args.shards, args.format, seed=args.seed)
+    except ValueError as e:
+        print(f"djray: sample-data: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {args.num_samples} samples in {len(paths)} {args.format} shard(s) to {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

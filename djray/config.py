@@ -1,0 +1,160 @@
+"""Job configuration: YAML → strict typed models. Unknown keys are errors that name the key.
+
+Stages run when their section is present: `input` + `output` alone runs read → decode → write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from djray.ops.caption_check import CaptionParams
+from djray.ops.decode import DecodeParams
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported before any work starts. The message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParquetColumns(Section):
+    key: str = "key"
+    image: str = "jpg"
+    caption: str = "txt"
+
+
+class InputConfig(Section):
+    path: str = Field(description="local directory, glob or file; or s3://bucket/prefix")
+    format: Literal["webdataset", "parquet"]
+    columns: ParquetColumns = ParquetColumns()
+    rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits (= CPU-stage batch)")
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class StorageConfig(Section):
+    """S3 endpoint options. Credentials never live here: they come from the standard AWS chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class OutputConfig(Section):
+    path: str
+    mode: Literal["resume", "overwrite"] = "resume"
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="cluster to attach to; default RAY_ADDRESS, else a local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance (ignored when attaching)")
+    max_concurrent_finalize: int = Field(8, ge=1)
+
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].default
+
+
+class DecodeConfig(Section):
+    max_pixels: int = Field(_default(DecodeParams, "max_pixels"), gt=0)
+    min_side: int = Field(_default(DecodeParams, "min_side"), ge=1)
+    caption: CaptionParams = CaptionParams()
+
+
+class JobConfig(Section):
+    input: InputConfig
+    output: OutputConfig
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    decode: DecodeConfig = DecodeConfig()
+
+    def stages(self) -> list[str]:
+        return ["read", "decode", "write"]
+
+
+# Keys that change how a job runs but not what it writes; they stay out of the config hash so a resumed run may
+# use another cluster, batch size or output location.
+_RUNTIME_ONLY = {
+    "ray": True,
+    "storage": True,
+    "output": {"mode", "path"},
+    "input": {"rows_per_block"},
+}
+
+
+def config_sha256(cfg: JobConfig) -> str:
+    relevant = cfg.model_dump(mode="json", exclude=_RUNTIME_ONLY)
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; values parse as YAML scalars (numbers, booleans, null, lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        dotted, value = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".")]
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key component")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {dotted}: value is not valid YAML: {e}") from None
+    return raw
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"{key}: {e['msg']}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(raw: Any) -> JobConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("invalid config: the top level must be a mapping with at least `input` and `output`")
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    return parse_config(apply_overrides(raw, overrides or []))

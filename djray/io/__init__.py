@@ -1,0 +1,1 @@
+"""Storage access, shard readers and the governed writer."""

@@ -1,0 +1,288 @@
+"""One governance run.
+
+    preflight (validate: config, input shards, column contract, output state)   — before any data is read
+    phase A  read → decode → … → stage fragments, streaming, one shard at a time per task   (resumable per shard)
+    phase B  global decisions over the staged key/signal columns (duplicate keys; sieves later)
+    phase C  per shard: merge fragments + decisions → data/ + rejects/ files                 (resumable per shard)
+    manifest
+
+Shard completion is tracked by markers under OUTPUT/_djray (see djray.io.writer), so a re-run of the same command
+after any crash skips what is complete and redoes what is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+import djray
+from djray.config import ConfigError, JobConfig, config_sha256
+from djray.io import fs as iofs
+from djray.io.writer import Layout, finalize_shard, footer_metadata
+from djray.ops.base import Op
+from djray.ops.caption_check import CaptionCheckOp
+from djray.ops.decode import DecodeOp, DecodeParams
+from djray.runtime.dedup import find_duplicate_keys
+from djray.runtime.manifest import build_manifest
+from djray.runtime.progress import Progress
+from djray.runtime.ray_data import ReadSpec, staging_plan
+
+
+class JobError(RuntimeError):
+    """The job could not complete (infrastructure, a failed task). Re-running the same command resumes it."""
+
+
+@dataclass
+class Plan:
+    cfg: JobConfig
+    config_sha256: str
+    storage: iofs.Storage
+    input_root_uri: str
+    shards: list[str]
+    out_fs: pafs.FileSystem
+    layout: Layout
+    ops: list[Op] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shards_sha256(self) -> str:
+        return hashlib.sha256("\n".join(self.shards).encode()).hexdigest()
+
+    @property
+    def vision(self) -> bool:
+        return False
+
+    def footer(self) -> dict[bytes, bytes]:
+        return footer_metadata(self.config_sha256, djray.__version__, None)
+
+
+# ---- preflight ---------------------------------------------------------------------------------------------------
+
+
+def prepare(cfg: JobConfig) -> Plan:
+    """Every check `run` makes before reading data. Raises ConfigError naming the key at fault."""
+    storage = iofs.Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    try:
+        root, shards = iofs.list_shards(cfg.input.path, cfg.input.format, storage)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"input.path: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"input.path: cannot list {cfg.input.path}: {e}") from None
+    if not shards:
+        suffix = "/".join(iofs.SHARD_SUFFIXES[cfg.input.format])
+        raise ConfigError(f"input.path: no {suffix} shards found under {cfg.input.path}")
+    input_root_uri = f"s3://{root}" if iofs.is_s3(cfg.input.path) else root
+    if cfg.input.format == "parquet":
+        _check_parquet_columns(cfg, storage, input_root_uri, shards[0])
+    try:
+        out_fs, out_root = iofs.resolve(cfg.output.path, storage)
+    except ValueError as e:
+        raise ConfigError(f"output.path: {e}") from None
+    plan = Plan(cfg, config_sha256(cfg), storage, input_root_uri, shards, out_fs, Layout(out_root))
+    _check_output(plan)
+    plan.ops = build_ops(cfg)
+    return plan
+
+
+def build_ops(cfg: JobConfig) -> list[Op]:
+    d = cfg.decode
+    return [
+        DecodeOp(DecodeParams(max_pixels=d.max_pixels, min_side=d.min_side)),
+        CaptionCheckOp(d.caption),
+    ]
+
+
+def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str, first: str) -> None:
+    fs, root = iofs.resolve(root_uri, storage)
+    try:
+        names = set(pq.read_schema(iofs.join(root, first), filesystem=fs).names)
+    except Exception as e:  # noqa: BLE001 - any footer problem is reported, the shard itself is rejected later
+        raise ConfigError(f"input.path: cannot read the Parquet schema of {first}: {e}") from None
+    cols = cfg.input.columns
+    for key, name in (("key", cols.key), ("image", cols.image), ("caption", cols.caption)):
+        if name not in names:
+            raise ConfigError(f"input.columns.{key}: column {name!r} not in {first} (has {sorted(names)})")
+
+
+def _check_output(plan: Plan) -> None:
+    cfg, fs, layout = plan.cfg, plan.out_fs, plan.layout
+    try:
+        job = iofs.read_json(fs, layout.job)
+        info = fs.get_file_info(layout.root)
+    except OSError as e:
+        raise ConfigError(f"output.path: cannot access {cfg.output.path}: {e}") from None
+    if isinstance(fs, pafs.LocalFileSystem):
+        probe = layout.root
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.access(probe, os.W_OK):
+            raise ConfigError(f"output.path: {probe} is not writable")
+    if cfg.output.mode == "overwrite":
+        return
+    if job is not None:
+        if job.get("config_sha256") != plan.config_sha256:
+            raise ConfigError(
+                f"output.path: {cfg.output.path} holds a run of a different config "
+                f"(config_sha256 {job.get('config_sha256', '?')[:12]}…, this config {plan.config_sha256[:12]}…); "
+                "use another output.path or output.mode=overwrite")
+        if job.get("shards_sha256") != plan.shards_sha256:
+            raise ConfigError(
+                f"output.path: {cfg.output.path} was written from a different set of input shards; "
+                "use another output.path or output.mode=overwrite")
+    elif info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(layout.root)):
+        raise ConfigError(f"output.path: {cfg.output.path} is not empty and holds no djray run; "
+                          "use an empty location or output.mode=overwrite")
+
+
+# ---- run ---------------------------------------------------------------------------------------------------------
+
+
+def ensure_ray(cfg: JobConfig) -> None:
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+
+
+def _quiet_ray_data() -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+
+
+def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the job; return the manifest. Raises ConfigError before work, JobError after."""
+    plan = prepare(cfg)
+    started = time.time()
+    ensure_ray(cfg)
+    _quiet_ray_data()
+    fs, layout = plan.out_fs, plan.layout
+    if cfg.output.mode == "overwrite":
+        for path in (f"{layout.root}/data", f"{layout.root}/rejects", layout.state):
+            iofs.delete_dir(fs, path)
+        if iofs.exists(fs, layout.manifest):
+            fs.delete_file(layout.manifest)
+    iofs.write_json(fs, layout.job, {"config_sha256": plan.config_sha256, "shards_sha256": plan.shards_sha256,
+                                     "djray_version": djray.__version__})
+
+    staged = {s: m for s in plan.shards if (m := iofs.read_json(fs, layout.staged_marker(s))) is not None}
+    done = {s: m for s in plan.shards if (m := iofs.read_json(fs, layout.done_marker(s))) is not None}
+    rows_this_run = 0
+    error = None
+    phases: dict[str, float] = {}
+    try:
+        todo = [s for s in plan.shards if s not in staged and s not in done]
+        if todo:
+            t0 = time.monotonic()
+            rows_this_run = _stage(plan, todo, staged, progress, log)
+            phases["stream_s"] = time.monotonic() - t0
+        pending = [s for s in plan.shards if s not in done]
+        if pending:
+            t0 = time.monotonic()
+            fragments = [f for s in plan.shards if s in staged for f in staged[s]["fragments"]]
+            duplicates = find_duplicate_keys(fragments, fs, sum(m["rows_in"] for m in staged.values()))
+            phases["dedup_s"] = time.monotonic() - t0
+            log(f"[dedup] {sum(map(len, duplicates.values()))} duplicate key(s) across {len(plan.shards)} shards")
+            t0 = time.monotonic()
+            _finalize(plan, pending, staged, duplicates, done, progress)
+            phases["write_s"] = time.monotonic() - t0
+    except (ray.exceptions.RayError, OSError, RuntimeError) as e:
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    records = [done.get(s) or {"shard": s, "status": "staged" if s in staged else "pending"} for s in plan.shards]
+    complete = error is None and len(done) == len(plan.shards)
+    manifest = build_manifest(
+        config=cfg.model_dump(mode="json"), config_sha256=plan.config_sha256, shards=records,
+        models=plan.models, status="complete" if complete else "incomplete", started_at=started,
+        finished_at=time.time(), rows_this_run=rows_this_run, phases=phases, error=error)
+    iofs.write_json(fs, layout.manifest, manifest)
+    if complete:
+        iofs.delete_dir(fs, f"{layout.state}/staging")
+    if error:
+        raise JobError(f"{error}\n(the output is resumable: re-run the same command)")
+    if not manifest["accounting_ok"]:
+        raise JobError("accounting check failed: rows_in != rows_kept + rows_rejected (see manifest.json)")
+    return manifest
+
+
+def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool,
+           log: Callable[[str], None]) -> int:
+    fs, layout = plan.out_fs, plan.layout
+    for s in todo:  # fragments of an interrupted attempt are never referenced by a marker: drop them
+        iofs.delete_dir(fs, layout.staging_dir(s))
+    order = {s: i for i, s in enumerate(plan.shards)}
+    spec = ReadSpec(plan.input_root_uri, plan.cfg.input.format, plan.storage, plan.cfg.input.rows_per_block,
+                    plan.cfg.input.columns.key, plan.cfg.input.columns.image, plan.cfg.input.columns.caption)
+    ds = staging_plan([(s, order[s]) for s in todo], spec, plan.ops, plan.cfg.output.path, plan.storage)
+    acc: dict[str, dict[str, Any]] = defaultdict(lambda: {"fragments": [], "rows": 0, "rows_in": None})
+    bar = Progress("govern", len(todo), enabled=progress)
+    rows = newly = 0
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for rec in batch.to_pylist():
+            a = acc[rec["src_shard"]]
+            if rec["fragment"]:
+                a["fragments"].append(rec["fragment"])
+            a["rows"] += rec["rows"]
+            rows += rec["rows"]
+            if rec["shard_rows"] is not None:
+                a["rows_in"] = rec["shard_rows"]
+            if a["rows_in"] is not None and a["rows"] == a["rows_in"]:
+                marker = {"shard": rec["src_shard"], "rows_in": a["rows_in"], "fragments": sorted(a["fragments"])}
+                iofs.write_json(fs, layout.staged_marker(rec["src_shard"]), marker)
+                staged[rec["src_shard"]] = marker
+                newly += 1
+        bar.update(newly, rows)
+    bar.close()
+    missing = [s for s in todo if s not in staged]
+    if missing:
+        raise JobError(f"{len(missing)} shard(s) did not stream completely, e.g. {missing[0]}")
+    return rows
+
+
+def _finalize_task(output_uri: str, storage: iofs.Storage, src_shard: str, staged: dict[str, Any],
+                   duplicates: dict[int, str], vision: bool, footer: dict[bytes, bytes],
+                   compression: str) -> dict[str, Any]:
+    fs, root = iofs.resolve(output_uri, storage)
+    return finalize_shard(fs, Layout(root), src_shard, staged, duplicates, vision=vision, footer=footer,
+                          compression=compression)
+
+
+def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates: dict[str, dict[int, str]],
+              done: dict[str, Any], progress: bool) -> None:
+    task = ray.remote(num_cpus=1, max_retries=2)(_finalize_task)
+    footer = plan.footer()
+    bar = Progress("write", len(pending), enabled=progress)
+    queue = list(pending)
+    inflight: dict[Any, str] = {}
+    limit = plan.cfg.ray.max_concurrent_finalize
+    while queue or inflight:
+        while queue and len(inflight) < limit:
+            s = queue.pop(0)
+            ref = task.remote(plan.cfg.output.path, plan.storage, s, staged[s], duplicates.get(s, {}),
+                              plan.vision, footer, plan.cfg.output.compression)
+            inflight[ref] = s
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        s = inflight.pop(ready[0])
+        counts = ray.get(ready[0])
+        iofs.write_json(plan.out_fs, plan.layout.done_marker(s), counts)
+        done[s] = counts
+        bar.update(len(done) - (len(plan.shards) - len(pending)), sum(c["rows_in"] for c in done.values()))
+    bar.close()
+
+
+def describe(plan: Plan) -> str:
+    return json.dumps({"shards": len(plan.shards), "input": plan.input_root_uri, "output": plan.layout.root,
+                       "stages": plan.cfg.stages(), "config_sha256": plan.config_sha256}, indent=2)

@@ -1,0 +1,1 @@
+"""How ops run: Ray Data plans, progress, manifest. Ops never import this package."""

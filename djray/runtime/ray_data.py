@@ -1,0 +1,114 @@
+"""Turn readers and ops into a streaming Ray Data plan.
+
+The runtime, not the op, decides how an op runs: a stateless op becomes a Ray task (`map_batches` with a function),
+a stateful op (a model loaded in `setup()`) becomes a fixed-size actor pool (`compute=ActorPoolStrategy`) with the
+op's CPU/GPU request. Stages with equal resources are fused by Ray Data into one task chain per block.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from djray.schema import SOURCE_SCHEMA
+
+from djray.io import fs as iofs
+from djray.io.parquet import read_parquet_shard
+from djray.io.webdataset import read_webdataset_shard
+from djray.io.writer import Layout, stage_batch
+from djray.ops.base import Op, apply_op_output
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Everything a read task needs; picklable."""
+
+    root_uri: str  # local absolute path or s3://bucket/prefix; shard paths are relative to it
+    format: str
+    storage: iofs.Storage
+    rows_per_block: int
+    key_col: str = "key"
+    image_col: str = "jpg"
+    caption_col: str = "txt"
+
+
+def _read_shard(src_shard: str, order: int, spec: ReadSpec) -> Iterator[pa.Table]:
+    fs, root = iofs.resolve(spec.root_uri, spec.storage)
+    path = iofs.join(root, src_shard)
+    if spec.format == "webdataset":
+        yield from read_webdataset_shard(fs, path, src_shard, order, spec.rows_per_block)
+    else:
+        yield from read_parquet_shard(fs, path, src_shard, order, key_col=spec.key_col, image_col=spec.image_col,
+                                      caption_col=spec.caption_col, rows_per_block=spec.rows_per_block)
+
+
+class ShardDatasource(Datasource):
+    """One read task per input shard; each streams its shard as blocks of `rows_per_block` rows."""
+
+    def __init__(self, shards: list[tuple[str, int]], spec: ReadSpec):
+        super().__init__()
+        self.shards, self.spec = shards, spec
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        return [
+            ReadTask(functools.partial(_read_shard, src_shard, order, self.spec),
+                     BlockMetadata(num_rows=None, size_bytes=None, input_files=[src_shard], exec_stats=None),
+                     schema=SOURCE_SCHEMA)
+            for src_shard, order in self.shards
+        ]
+
+
+def _run_op_task(batch: pa.Table, op: Op) -> pa.Table:
+    if not getattr(op, "_djray_ready", False):
+        op.setup()
+        op._djray_ready = True  # type: ignore[attr-defined]
+    return apply_op_output(batch, op, op(batch))
+
+
+class _OpActor:
+    """Actor wrapper for stateful ops: `setup()` runs once when the actor starts."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        op.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return apply_op_output(batch, self.op, self.op(batch))
+
+
+def _stage(batch: pa.Table, output_uri: str, storage: iofs.Storage) -> pa.Table:
+    fs, root = iofs.resolve(output_uri, storage)
+    return stage_batch(batch, fs, Layout(root))
+
+
+def add_op(ds: ray.data.Dataset, op: Op) -> ray.data.Dataset:
+    res = op.resources
+    kwargs: dict[str, Any] = {"batch_format": "pyarrow", "zero_copy_batch": True}
+    if op.stateful:
+        return ds.map_batches(_OpActor, fn_constructor_args=(op,), num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                              compute=ray.data.ActorPoolStrategy(size=res.pool_size), batch_size=res.batch_size,
+                              **kwargs)
+    # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
+    # the read task, so a shard is read, decoded and staged in one process without object-store round trips.
+    return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs)
+
+
+def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], output_uri: str,
+                 storage: iofs.Storage) -> ray.data.Dataset:
+    """read → ops → stage fragments; yields one summary row per (batch, shard) — see `stage_batch`."""
+    ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)))
+    for op in ops:
+        ds = add_op(ds, op)
+    return ds.map_batches(functools.partial(_stage, output_uri=output_uri, storage=storage), batch_size=None,
+                          batch_format="pyarrow", zero_copy_batch=True)

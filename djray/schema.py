@@ -1,0 +1,149 @@
+"""The data contract: every column name, type and reject reason djray writes is defined here and only here.
+
+Other tools read these names (ARCHITECTURE §2). Bump SCHEMA_VERSION on any column change; tests/test_schema.py pins
+the exact schema.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# ---- governed row columns (data/) ------------------------------------------------------------------------------
+KEY = "key"
+SRC_SHARD = "src_shard"
+SRC_INDEX = "src_index"
+IMAGE = "image"
+IMG_WIDTH = "img_width"
+IMG_HEIGHT = "img_height"
+CAPTION = "caption"
+CAPTION_RAW = "caption_raw"
+CAPTION_SOURCE = "caption_source"
+SRC_JSON = "src_json"  # the sample's img2dataset .json member (or null), kept verbatim
+
+PATCH_SIZE = "patch_size"
+GRID_H = "grid_h"
+GRID_W = "grid_w"
+PATCH_SCORES = "patch_scores"
+PATCH_IDX = "patch_idx"
+VIS_CLASSES = "vis_classes"
+VIS_EVIDENCE = "vis_evidence"
+VIS_EMBEDDING = "vis_embedding"
+
+# ---- reject columns (rejects/) ---------------------------------------------------------------------------------
+STAGE = "stage"
+REASON = "reason"
+DETAIL = "detail"
+
+# ---- internal columns: travel between stages, never written to data/ -------------------------------------------
+# A row is alive while REJECT_REASON is null. Ops never drop rows; they set these three columns instead.
+REJECT_STAGE = "_reject_stage"
+REJECT_REASON = "_reject_reason"
+REJECT_DETAIL = "_reject_detail"
+SHARD_ORDER = "_shard_order"  # position of the shard in the sorted shard list (tie-break for duplicate keys)
+SHARD_ROWS = "_shard_rows"  # set on the last row a reader emits for a shard: the shard's total row count
+END_OF_SHARD = "_end_of_shard"  # reason on the one marker row (src_index -1) a reader emits after a shard's rows
+PIXELS = "_pixels"  # canonical crop, uint8 (S, S, 3) C-order bytes, fixed_size_binary(S*S*3); only with vision
+CAPTION_INVALID_UTF8 = "_caption_invalid_utf8"  # reader saw caption bytes that are not UTF-8 (decoded with U+FFFD)
+
+CAPTION_SOURCES = ("original", "normalized", "concat", "rewrite", "fallback")
+
+
+class Reason:
+    """Stable reject reason codes. Never rename one: manifests and dashboards count them."""
+
+    # read stage
+    UNSAFE_MEMBER_PATH = "unsafe_member_path"  # tar member name absolute or containing '..'
+    CORRUPT_SHARD = "corrupt_shard"  # the rest of a tar/parquet shard could not be read
+    MISSING_IMAGE = "missing_image"  # sample without an image member / null image cell
+    MISSING_KEY = "missing_key"  # parquet row with a null or empty key
+    BAD_SHARD_SCHEMA = "bad_shard_schema"  # parquet shard lacking a configured column (every row rejected)
+    # decode stage
+    CORRUPT_IMAGE = "corrupt_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    IMAGE_TOO_SMALL = "image_too_small"
+    EMPTY_CAPTION = "empty_caption"  # missing, empty or whitespace-only caption
+    UNDECODABLE_CAPTION = "undecodable_caption"  # caption bytes are not valid UTF-8
+    # dedup (after all shards are read)
+    DUPLICATE_KEY = "duplicate_key"
+
+
+class Stage:
+    READ = "read"
+    DECODE = "decode"
+    VISION = "vision"
+    TEXT = "text"
+    DEDUP = "dedup"
+
+    @staticmethod
+    def sieve(op: str) -> str:
+        return f"sieve:{op}"
+
+
+# ---- schemas ---------------------------------------------------------------------------------------------------
+BASE_FIELDS = [
+    pa.field(KEY, pa.string()),
+    pa.field(SRC_SHARD, pa.string(), nullable=False),
+    pa.field(SRC_INDEX, pa.int64(), nullable=False),
+    pa.field(IMAGE, pa.binary()),
+    pa.field(IMG_WIDTH, pa.int32()),
+    pa.field(IMG_HEIGHT, pa.int32()),
+    pa.field(CAPTION, pa.string()),
+    pa.field(CAPTION_RAW, pa.string()),
+    pa.field(CAPTION_SOURCE, pa.string()),
+    pa.field(SRC_JSON, pa.string()),
+]
+
+VISION_FIELDS = [
+    pa.field(PATCH_SIZE, pa.int16()),
+    pa.field(GRID_H, pa.int16()),
+    pa.field(GRID_W, pa.int16()),
+    pa.field(PATCH_SCORES, pa.list_(pa.float32())),
+    pa.field(PATCH_IDX, pa.list_(pa.int16())),
+    pa.field(VIS_CLASSES, pa.list_(pa.struct([pa.field("label", pa.string()), pa.field("prob", pa.float32())]))),
+    pa.field(VIS_EVIDENCE, pa.list_(pa.string())),
+    pa.field(VIS_EMBEDDING, pa.list_(pa.float32())),
+]
+
+REJECT_FIELDS = [
+    pa.field(STAGE, pa.string(), nullable=False),
+    pa.field(REASON, pa.string(), nullable=False),
+    pa.field(DETAIL, pa.string()),
+]
+
+# Columns every row carries between stages (source columns + bookkeeping), before any governance op adds its own.
+SOURCE_FIELDS = [
+    pa.field(KEY, pa.string()),
+    pa.field(SRC_SHARD, pa.string()),
+    pa.field(SRC_INDEX, pa.int64()),
+    pa.field(SHARD_ORDER, pa.int64()),
+    pa.field(IMAGE, pa.binary()),
+    pa.field(CAPTION_RAW, pa.string()),
+    pa.field(SRC_JSON, pa.string()),
+    pa.field(CAPTION_INVALID_UTF8, pa.bool_()),
+    pa.field(REJECT_STAGE, pa.string()),
+    pa.field(REJECT_REASON, pa.string()),
+    pa.field(REJECT_DETAIL, pa.string()),
+    pa.field(SHARD_ROWS, pa.int64()),
+]
+SOURCE_SCHEMA = pa.schema(SOURCE_FIELDS)
+
+
+def data_schema(vision: bool = False) -> pa.Schema:
+    """Schema of OUTPUT/data/*.parquet for a run with the given stages."""
+    return pa.schema(BASE_FIELDS + (VISION_FIELDS if vision else []))
+
+
+def rejects_schema(vision: bool = False) -> pa.Schema:
+    """Schema of OUTPUT/rejects/*.parquet: reject columns first, then every data column (null where unknown)."""
+    return pa.schema(REJECT_FIELDS + list(data_schema(vision)))
+
+
+# ---- Parquet footer metadata keys ------------------------------------------------------------------------------
+META_SCHEMA_VERSION = b"djray.schema_version"
+META_CONFIG_SHA256 = b"djray.config_sha256"
+META_DJRAY_VERSION = b"djray.version"
+META_GEOMETRY = b"djray.geometry"

@@ -1,0 +1,58 @@
+"""Helpers that build input corpora for tests: tar shards with full control over members, images, parquet shards."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+
+def image_bytes(size=(96, 80), fmt="JPEG", color=(200, 30, 40), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else None).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_tar(path: str | Path, members: list[tuple[str, bytes]], *, link: tuple[str, str] | None = None) -> Path:
+    """Write a tar with exactly these (name, bytes) members in order (names are not sanitised)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type = tarfile.SYMTYPE
+            info.linkname = link[1]
+            tf.addfile(info)
+    return path
+
+
+def sample_members(key: str, caption: str | bytes | None = "a red square", *, ext="jpg", image: bytes | None = None,
+                   json_text: str | None = None) -> list[tuple[str, bytes]]:
+    members = [(f"{key}.{ext}", image if image is not None else image_bytes())]
+    if caption is not None:
+        members.append((f"{key}.txt", caption if isinstance(caption, bytes) else caption.encode()))
+    if json_text is not None:
+        members.append((f"{key}.json", json_text.encode()))
+    return members
+
+
+def write_parquet_shard(path: str | Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = schema or pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("txt", pa.string())])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=4)
+    return path
+
+
+def write_config(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.write_text(text)
+    return path

@@ -1,0 +1,82 @@
+"""Config validation: strict keys, clear messages naming the key, overrides, the config hash."""
+
+from __future__ import annotations
+
+import pytest
+
+from djray.config import ConfigError, apply_overrides, config_sha256, load_config, parse_config
+
+BASE = {"input": {"path": "/data", "format": "webdataset"}, "output": {"path": "/out"}}
+
+
+def _err(raw) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    return str(e.value)
+
+
+def test_minimal_config_runs_read_decode_write():
+    cfg = parse_config(BASE)
+    assert cfg.stages() == ["read", "decode", "write"]
+    assert cfg.output.mode == "resume"
+    assert (cfg.input.columns.key, cfg.input.columns.image, cfg.input.columns.caption) == ("key", "jpg", "txt")
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({**BASE, "inptu": {}}, "inptu: unknown key"),
+    ({**BASE, "input": {**BASE["input"], "colums": {}}}, "input.colums: unknown key"),
+    ({**BASE, "input": {**BASE["input"], "columns": {"img": "x"}}}, "input.columns.img: unknown key"),
+    ({**BASE, "decode": {"caption": {"on_empty": "drop"}}}, "decode.caption.on_empty"),
+    ({**BASE, "input": {"path": "/d", "format": "tar"}}, "input.format"),
+    ({**BASE, "output": {"path": "/o", "mode": "append"}}, "output.mode"),
+    ({"output": {"path": "/o"}}, "input: required key is missing"),
+    ({**BASE, "decode": {"max_pixels": 0}}, "decode.max_pixels"),
+    ({**BASE, "storage": {"aws_secret_access_key": "x"}}, "storage.aws_secret_access_key: unknown key"),
+])
+def test_bad_config_names_the_key(raw, key):
+    assert key in _err(raw)
+
+
+def test_non_mapping_config():
+    assert "top level must be a mapping" in _err(["a"])
+
+
+def test_overrides_parse_yaml_scalars_and_create_sections():
+    raw = apply_overrides({"input": {"path": "x"}}, ["input.rows_per_block=64", "output.path=/o",
+                                                    "decode.caption.on_empty=keep", "ray.address=null"])
+    assert raw["input"]["rows_per_block"] == 64
+    assert raw["decode"]["caption"]["on_empty"] == "keep"
+    assert raw["ray"]["address"] is None
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1"])
+def test_bad_override(bad):
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [bad])
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="input.path is not a section"):
+        apply_overrides({"input": {"path": "x"}}, ["input.path.sub=1"])
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("input: {path: /d, format: parquet}\noutput: {path: /o}\n")
+    assert load_config(good, ["input.columns.image=image"]).input.columns.image == "image"
+
+
+def test_config_hash_ignores_runtime_only_keys():
+    a = parse_config(BASE)
+    b = parse_config({**BASE, "ray": {"address": "auto", "num_cpus": 8}, "output": {"path": "/elsewhere",
+                                                                                    "mode": "overwrite"},
+                      "storage": {"endpoint_url": "http://x"}, "input": {**BASE["input"], "rows_per_block": 8}})
+    c = parse_config({**BASE, "decode": {"min_side": 64}})
+    assert config_sha256(a) == config_sha256(b)
+    assert config_sha256(a) != config_sha256(c)

@@ -1,0 +1,50 @@
+"""Pin the data contract. Changing a column means bumping SCHEMA_VERSION and updating this test on purpose."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from djray import schema as S
+
+
+def test_schema_version_is_pinned():
+    assert S.SCHEMA_VERSION == 1
+
+
+def test_data_schema_is_pinned():
+    expected = [
+        ("key", "string"), ("src_shard", "string"), ("src_index", "int64"), ("image", "binary"),
+        ("img_width", "int32"), ("img_height", "int32"), ("caption", "string"), ("caption_raw", "string"),
+        ("caption_source", "string"), ("src_json", "string"),
+    ]
+    assert [(f.name, str(f.type)) for f in S.data_schema()] == expected
+    vision = [
+        ("patch_size", "int16"), ("grid_h", "int16"), ("grid_w", "int16"), ("patch_scores", "list<item: float>"),
+        ("patch_idx", "list<item: int16>"), ("vis_classes", "list<item: struct<label: string, prob: float>>"),
+        ("vis_evidence", "list<item: string>"), ("vis_embedding", "list<item: float>"),
+    ]
+    assert [(f.name, str(f.type)) for f in S.data_schema(vision=True)] == expected + vision
+
+
+def test_rejects_schema_is_reject_columns_then_data_columns():
+    names = S.rejects_schema().names
+    assert names[:3] == ["stage", "reason", "detail"]
+    assert names[3:] == S.data_schema().names
+    assert S.rejects_schema().field("reason").type == pa.string()
+
+
+def test_reason_codes_are_stable():
+    codes = {v for k, v in vars(S.Reason).items() if k.isupper()}
+    assert codes == {
+        "unsafe_member_path", "corrupt_shard", "missing_image", "missing_key", "bad_shard_schema", "corrupt_image",
+        "truncated_image", "unsupported_format", "decompression_bomb", "image_too_small", "empty_caption",
+        "undecodable_caption", "duplicate_key",
+    }
+
+
+def test_internal_columns_are_never_contract_columns():
+    contract = set(S.rejects_schema(vision=True).names)
+    internal = {S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ORDER, S.SHARD_ROWS, S.PIXELS,
+                S.CAPTION_INVALID_UTF8}
+    assert all(name.startswith("_") for name in internal)
+    assert not contract & internal
