@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
+from djray.ops.vision.params import VisionParams
 
 
 class ConfigError(Exception):
@@ -80,9 +81,10 @@ class JobConfig(Section):
     storage: StorageConfig = StorageConfig()
     ray: RayConfig = RayConfig()
     decode: DecodeConfig = DecodeConfig()
+    vision: VisionParams | None = None
 
     def stages(self) -> list[str]:
-        return ["read", "decode", "write"]
+        return ["read", "decode"] + (["vision"] if self.vision else []) + ["write"]
 
 
 # Keys that change how a job runs but not what it writes; they stay out of the config hash so a resumed run may
@@ -92,6 +94,7 @@ _RUNTIME_ONLY = {
     "storage": True,
     "output": {"mode", "path"},
     "input": {"rows_per_block"},
+    "vision": {"batch_size", "resources"},
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import ray
 
 import djray
 from djray.config import ConfigError, JobConfig, config_sha256
+from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
 from djray.io.writer import Layout, finalize_shard, footer_metadata
 from djray.ops.base import Op
@@ -59,10 +61,11 @@ class Plan:
 
     @property
     def vision(self) -> bool:
-        return False
+        return self.cfg.vision is not None
 
     def footer(self) -> dict[bytes, bytes]:
-        return footer_metadata(self.config_sha256, djray.__version__, None)
+        geometry = geometry_metadata(self.cfg.vision.image_size) if self.cfg.vision else None
+        return footer_metadata(self.config_sha256, djray.__version__, geometry)
 
 
 # ---- preflight ---------------------------------------------------------------------------------------------------
@@ -82,35 +85,56 @@ def prepare(cfg: JobConfig) -> Plan:
         raise ConfigError(f"input.path: no {suffix} shards found under {cfg.input.path}")
     input_root_uri = f"s3://{root}" if iofs.is_s3(cfg.input.path) else root
     if cfg.input.format == "parquet":
-        _check_parquet_columns(cfg, storage, input_root_uri, shards[0])
+        _check_parquet_columns(cfg, storage, input_root_uri, shards)
     try:
         out_fs, out_root = iofs.resolve(cfg.output.path, storage)
     except ValueError as e:
         raise ConfigError(f"output.path: {e}") from None
     plan = Plan(cfg, config_sha256(cfg), storage, input_root_uri, shards, out_fs, Layout(out_root))
     _check_output(plan)
+    if cfg.vision is not None:
+        try:
+            cfg.vision.validate_sources()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     plan.ops = build_ops(cfg)
     return plan
 
 
 def build_ops(cfg: JobConfig) -> list[Op]:
-    d = cfg.decode
-    return [
-        DecodeOp(DecodeParams(max_pixels=d.max_pixels, min_side=d.min_side)),
+    """The streaming stages in order. Rows rejected by a stage are skipped by every later one."""
+    d, v = cfg.decode, cfg.vision
+    ops: list[Op] = [
+        DecodeOp(DecodeParams(max_pixels=d.max_pixels, min_side=d.min_side,
+                              image_size=v.image_size if v else None)),
         CaptionCheckOp(d.caption),
     ]
+    if v is not None:
+        from djray.ops.vision.dino_patch import DinoPatchScorer
+
+        ops.append(DinoPatchScorer(v))
+    return ops
 
 
-def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str, first: str) -> None:
+def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str, shards: list[str],
+                           attempts: int = 5) -> None:
+    """Check the column contract on the first readable footer. An unreadable shard is not a config error (it becomes
+    a `corrupt_shard` reject when read); only when none of the first few footers can be read do we stop here."""
     fs, root = iofs.resolve(root_uri, storage)
-    try:
-        names = set(pq.read_schema(iofs.join(root, first), filesystem=fs).names)
-    except Exception as e:  # noqa: BLE001 - any footer problem is reported, the shard itself is rejected later
-        raise ConfigError(f"input.path: cannot read the Parquet schema of {first}: {e}") from None
-    cols = cfg.input.columns
-    for key, name in (("key", cols.key), ("image", cols.image), ("caption", cols.caption)):
-        if name not in names:
-            raise ConfigError(f"input.columns.{key}: column {name!r} not in {first} (has {sorted(names)})")
+    errors = []
+    for shard in shards[:attempts]:
+        try:
+            names = set(pq.read_schema(iofs.join(root, shard), filesystem=fs).names)
+        except Exception as e:  # noqa: BLE001 - any footer problem counts as unreadable
+            errors.append(f"{shard}: {str(e).splitlines()[0][:200]}")
+            continue
+        cols = cfg.input.columns
+        for key, name in (("key", cols.key), ("image", cols.image), ("caption", cols.caption)):
+            if name not in names:
+                raise ConfigError(f"input.columns.{key}: column {name!r} not in {shard} (has {sorted(names)})")
+        return
+    raise ConfigError(f"input.path: cannot read the Parquet schema of the first {len(errors)} shard(s): "
+                      + "; ".join(errors))
 
 
 def _check_output(plan: Plan) -> None:
@@ -147,14 +171,30 @@ def _check_output(plan: Plan) -> None:
 
 
 def ensure_ray(cfg: JobConfig) -> None:
+    """Attach to `ray.address` / RAY_ADDRESS, or start a local instance (the embedded default)."""
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as e:
+            raise JobError(f"cannot attach to the Ray cluster at {address}: {e}") from None
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a `host:port` GCS address nobody listens on (ray.init would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", "ray://…" (Ray Client): leave it to ray.init
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise JobError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 def _quiet_ray_data() -> None:
@@ -203,6 +243,9 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     except (ray.exceptions.RayError, OSError, RuntimeError) as e:
         error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
     records = [done.get(s) or {"shard": s, "status": "staged" if s in staged else "pending"} for s in plan.shards]
+    for op in plan.ops:
+        if op.stateful:
+            plan.models[op.stage] = iofs.read_json(fs, layout.model_record(op.name)) or {"op": op.name}
     complete = error is None and len(done) == len(plan.shards)
     manifest = build_manifest(
         config=cfg.model_dump(mode="json"), config_sha256=plan.config_sha256, shards=records,

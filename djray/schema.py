@@ -59,6 +59,7 @@ class Reason:
     MISSING_IMAGE = "missing_image"  # sample without an image member / null image cell
     MISSING_KEY = "missing_key"  # parquet row with a null or empty key
     BAD_SHARD_SCHEMA = "bad_shard_schema"  # parquet shard lacking a configured column (every row rejected)
+    INVALID_KEY = "invalid_key"  # key not valid UTF-8 (e.g. a latin-1 tar member name)
     # decode stage
     CORRUPT_IMAGE = "corrupt_image"
     TRUNCATED_IMAGE = "truncated_image"
@@ -67,6 +68,9 @@ class Reason:
     IMAGE_TOO_SMALL = "image_too_small"
     EMPTY_CAPTION = "empty_caption"  # missing, empty or whitespace-only caption
     UNDECODABLE_CAPTION = "undecodable_caption"  # caption bytes are not valid UTF-8
+    # vision stage
+    MISSING_PIXELS = "missing_pixels"  # alive row without a canonical crop (a decode-stage contract breach)
+    NONFINITE_SCORES = "nonfinite_scores"  # NaN/inf in the forward pass (e.g. fp16 overflow)
     # dedup (after all shards are read)
     DUPLICATE_KEY = "duplicate_key"
 

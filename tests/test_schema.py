@@ -38,7 +38,7 @@ def test_reason_codes_are_stable():
     assert codes == {
         "unsafe_member_path", "corrupt_shard", "missing_image", "missing_key", "bad_shard_schema", "corrupt_image",
         "truncated_image", "unsupported_format", "decompression_bomb", "image_too_small", "empty_caption",
-        "undecodable_caption", "duplicate_key",
+        "undecodable_caption", "duplicate_key", "invalid_key", "missing_pixels", "nonfinite_scores",
     }
 
 

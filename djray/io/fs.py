@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SHARD_SUFFIXES = {"webdataset": (".tar",), "parquet": (".parquet",)}
+SHARD_SUFFIXES = {"webdataset": (".tar", ".tar.gz", ".tgz"), "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any | None:
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return json.loads(f.read())
     except FileNotFoundError:
         return None

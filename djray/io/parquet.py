@@ -61,6 +61,8 @@ def read_parquet_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_ord
 
 
 def _add_row(out: BlockBuilder, key, image, caption) -> Iterator[pa.Table]:
+    if isinstance(key, (bytes, bytearray)):  # a binary key column: bytes that are not UTF-8 become invalid_key
+        key = bytes(key).decode("utf-8", errors="surrogateescape")
     key = None if key is None else str(key)
     if isinstance(caption, (bytes, bytearray)):
         caption, invalid = decode_caption(bytes(caption))

@@ -6,6 +6,7 @@ number of rows the shard produced. The writer uses it to know when a shard is co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,16 @@ class BlockBuilder:
     def add(self, *, key: str | None, image: bytes | None = None, caption: str | None = None,
             caption_invalid: bool = False, src_json: str | None = None,
             reject: tuple[str, str] | None = None) -> Iterator[pa.Table]:
-        """Add one row (a sample, or a read-stage reject given as (reason, detail)); yields a block when full."""
+        """Add one row (a sample, or a read-stage reject given as (reason, detail)); yields a block when full.
+
+        Text that cannot be UTF-8 (lone surrogates, e.g. from a tar member name decoded with surrogateescape) never
+        reaches Arrow: such a key rejects the row as `invalid_key` (key null); in other text it becomes U+FFFD.
+        """
+        if key is not None and _SURROGATES.search(key):
+            reject = reject or (S.Reason.INVALID_KEY, f"key is not valid UTF-8: {short(key)}")
+            key = None
+        if caption is not None and _SURROGATES.search(caption):
+            caption, caption_invalid = _SURROGATES.sub("\ufffd", caption), True
         row = {
             S.KEY: key,
             S.SRC_SHARD: self.src_shard,
@@ -35,11 +45,11 @@ class BlockBuilder:
             S.SHARD_ORDER: self.shard_order,
             S.IMAGE: image,
             S.CAPTION_RAW: caption,
-            S.SRC_JSON: src_json,
+            S.SRC_JSON: _scrub(src_json),
             S.CAPTION_INVALID_UTF8: caption_invalid,
             S.REJECT_STAGE: S.Stage.READ if reject else None,
             S.REJECT_REASON: reject[0] if reject else None,
-            S.REJECT_DETAIL: reject[1] if reject else None,
+            S.REJECT_DETAIL: _scrub(reject[1]) if reject else None,
             S.SHARD_ROWS: None,
         }
         self.next_index += 1
@@ -61,6 +71,13 @@ class BlockBuilder:
         table = pa.Table.from_pylist(self._rows, schema=S.SOURCE_SCHEMA)
         self._rows = []
         return table
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")  # the only str content UTF-8 cannot encode
+
+
+def _scrub(text: str | None) -> str | None:
+    return _SURROGATES.sub("\ufffd", text) if text is not None else None
 
 
 def decode_caption(raw: bytes | None) -> tuple[str | None, bool]:

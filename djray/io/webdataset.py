@@ -2,9 +2,11 @@
 
 Members are grouped into samples the way WebDataset does: consecutive members sharing the path up to the first dot
 of the basename (`00000123.jpg`, `00000123.txt`, `00000123.json`). Tolerated: missing `.txt`/`.json`, unknown
-members, directories. Rejected at the read stage (one row each): member names that are absolute or contain `..`,
-link/device members, samples without an image. A truncated or corrupt tar yields every sample before the damage and
-one `corrupt_shard` row for what could not be read. Nothing is ever extracted to disk.
+members, directories. Plain and gzip-compressed tars (`.tar`, `.tar.gz`, `.tgz`) are read as one stream. Rejected at
+the read stage (one row each): member names that are absolute or contain `..`, link/device members, samples without
+an image, keys that are not valid UTF-8. A truncated or corrupt tar yields every complete sample before the damage
+and one `corrupt_shard` row for what could not be read (keyed by the sample being read when the damage hit, or null
+when it hit a member header). Nothing is ever extracted to disk.
 
 Filesystem errors (network, permissions) are not data problems: they propagate so the shard fails and is retried or
 resumed, instead of being recorded as rejects.
@@ -49,14 +51,33 @@ def is_unsafe(name: str) -> bool:
     return name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts
 
 
+class _TarInfo(tarfile.TarInfo):
+    """Records on the TarFile why header parsing failed. After the first member, stream-mode tarfile ends the archive
+    silently on a short header (a tar cut inside a header) or an invalid one (garbage in place of a header); the
+    reader must tell those from the end-of-archive zero block. A file ending exactly at a block boundary, without the
+    zero blocks, is accepted as libarchive does (some writers omit them)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            tar.bad_header = e
+            raise
+
+
 def read_webdataset_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_order: int,
                           rows_per_block: int = 256) -> Iterator[pa.Table]:
     out = BlockBuilder(src_shard, shard_order, rows_per_block)
-    current: _Sample | None = None
-    with fs.open_input_stream(path) as stream:
+    current: _Sample | None = None  # the sample being collected; emitted as soon as a member shows it is complete
+    reading: str | None = None  # key of the member whose data is being read (None between members)
+    # compression=None: tarfile decompresses .tar.gz itself, so a damaged gzip stream is a TarError (a reject) and an
+    # OSError can only come from the storage (the shard fails and is retried)
+    with fs.open_input_stream(path, compression=None) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
                 for member in tar:
+                    tar.members = []  # stream mode keeps every header otherwise: memory would grow with the shard
                     if member.isdir():
                         continue
                     if is_unsafe(member.name) or not member.isfile():
@@ -64,17 +85,21 @@ def read_webdataset_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_
                         yield from out.add(key=None, reject=(S.Reason.UNSAFE_MEMBER_PATH, f"{kind}: {short(member.name)}"))
                         continue
                     key, ext = split_name(member.name)
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
                     if current is not None and (current.key != key or ext in current.members):
                         yield from _emit(out, current)
                         current = None
-                    if current is None:
-                        current = _Sample(key)
-                    current.members[ext] = data
+                    current = current or _Sample(key)
+                    reading = key
+                    current.members[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    reading = None
+                if getattr(tar, "bad_header", None) is not None:
+                    raise tarfile.ReadError(f"damaged member header at byte {tar.offset}: {tar.bad_header}")
         except _DAMAGE as e:
-            detail = f"unreadable after {out.next_index} rows: {type(e).__name__}: {short(str(e))}"
-            yield from out.add(key=current.key if current else None, reject=(S.Reason.CORRUPT_SHARD, detail))
+            if reading is None and current is not None:  # damage between members: the pending sample is whole
+                yield from _emit(out, current)
             current = None
+            detail = f"unreadable after {out.next_index} rows: {type(e).__name__}: {short(str(e))}"
+            yield from out.add(key=reading, reject=(S.Reason.CORRUPT_SHARD, detail))
     if current is not None:
         yield from _emit(out, current)
     yield from out.finish()

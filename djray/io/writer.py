@@ -10,6 +10,7 @@ which skip names starting with `_`):
     OUTPUT/_djray/staging/<shard>/*.parquet fragments written while a shard streams through the stages
     OUTPUT/_djray/staged/<shard>.json      the shard streamed completely: its fragment list and row count
     OUTPUT/_djray/done/<shard>.json        the shard's final files are written: its counts
+    OUTPUT/_djray/models/<op>.json         what a model-loading op loaded (sources, checksums), for the manifest
 
 Exactly-once: final files are only written from a complete fragment set, under deterministic names, atomically;
 a re-run rewrites the same names. Fragments of an interrupted attempt are never listed in a marker and are removed.
@@ -71,6 +72,9 @@ class Layout:
 
     def done_marker(self, src_shard: str) -> str:
         return f"{self.state}/done/{self._flat(src_shard)}.json"
+
+    def model_record(self, op_name: str) -> str:
+        return f"{self.state}/models/{op_name}.json"
 
 
 # ---- staging (runs inside Ray tasks) ---------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Duplicate keys, within and across shards: keep the first occurrence by (shard order, index), reject the rest.
 
+Only rows still alive after the streaming stages compete for a key: a row already rejected (say, a corrupt image)
+keeps its own reason and does not shadow a later usable copy, so the key survives whenever one copy is usable.
+
 This is a global decision, so it runs after every shard is staged, over the key columns of the staged fragments only
 (no image bytes), as a hash-partitioned map/reduce on Ray tasks: map tasks read key columns and split them by
 hash(key) into P partitions; one reduce task per partition sorts by (key, shard order, index) and marks every row
@@ -21,14 +24,14 @@ import ray
 
 from djray import schema as S
 
-_COLUMNS = [S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.SHARD_ORDER]
+_COLUMNS = [S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.SHARD_ORDER, S.REJECT_REASON]
 ROWS_PER_PARTITION = 2_000_000  # a reduce task holds about this many keys
 MAX_MAP_TASKS = 256
 
 
 def _partition(paths: list[str], fs: pafs.FileSystem, parts: int) -> list[pa.Table] | pa.Table:
     keys = pa.concat_tables([pq.read_table(p, filesystem=fs, columns=_COLUMNS) for p in paths])
-    keys = keys.filter(pc.is_valid(keys.column(S.KEY)))
+    keys = keys.filter(pc.and_(pc.is_valid(keys.column(S.KEY)), pc.is_null(keys.column(S.REJECT_REASON))))
     if parts == 1:
         return keys
     # zlib.crc32, not hash(): str hashes differ between worker processes (PYTHONHASHSEED).

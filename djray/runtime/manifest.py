@@ -77,8 +77,20 @@ def format_summary(manifest: dict[str, Any]) -> str:
     lines.append(f"  this run      {run['rows_processed']:>12,} rows in {run['elapsed_s']:.1f}s"
                  f" = {run['rows_per_s']:,.1f} rows/s")
     for name, model in manifest.get("models", {}).items():
-        if isinstance(model, dict) and model.get("weights") == "random":
-            lines.append(f"  WARNING: {name} uses RANDOM weights (outputs are not meaningful)")
+        for where in random_weights(model):
+            lines.append(f"  WARNING: {name} {where} uses RANDOM weights: its outputs are not meaningful")
     if manifest.get("error"):
         lines.append(f"  error: {manifest['error']}")
     return "\n".join(lines)
+
+
+def random_weights(model: dict[str, Any]) -> list[str]:
+    """Which parts of a model record (backbone, head) were built with `weights: random`."""
+    params = model.get("params", {})
+    found = []
+    if params.get("weights") == "random":
+        found.append(params.get("model", "backbone"))
+    head = params.get("head") or {}
+    if head.get("kind", "none") != "none" and head.get("weights") == "random":
+        found.append(f"head {head['kind']}")
+    return found

@@ -77,11 +77,19 @@ def _run_op_task(batch: pa.Table, op: Op) -> pa.Table:
 
 
 class _OpActor:
-    """Actor wrapper for stateful ops: `setup()` runs once when the actor starts."""
+    """Actor wrapper for stateful ops: `setup()` runs once when the actor starts.
 
-    def __init__(self, op: Op):
+    If the op can `describe()` what it loaded (model sources, checksums), the description is written to
+    `<output>/_djray/models/<op>.json` for the manifest; every actor writes the same content.
+    """
+
+    def __init__(self, op: Op, output_uri: str, storage: iofs.Storage):
         self.op = op
         op.setup()
+        describe = getattr(op, "describe", None)
+        if describe is not None:
+            fs, root = iofs.resolve(output_uri, storage)
+            iofs.write_json(fs, Layout(root).model_record(op.name), describe())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return apply_op_output(batch, self.op, self.op(batch))
@@ -92,11 +100,12 @@ def _stage(batch: pa.Table, output_uri: str, storage: iofs.Storage) -> pa.Table:
     return stage_batch(batch, fs, Layout(root))
 
 
-def add_op(ds: ray.data.Dataset, op: Op) -> ray.data.Dataset:
+def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage) -> ray.data.Dataset:
     res = op.resources
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "zero_copy_batch": True}
     if op.stateful:
-        return ds.map_batches(_OpActor, fn_constructor_args=(op,), num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        return ds.map_batches(_OpActor, fn_constructor_args=(op, output_uri, storage), num_cpus=res.num_cpus,
+                              num_gpus=res.num_gpus,
                               compute=ray.data.ActorPoolStrategy(size=res.pool_size), batch_size=res.batch_size,
                               **kwargs)
     # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
@@ -109,6 +118,6 @@ def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], o
     """read → ops → stage fragments; yields one summary row per (batch, shard) — see `stage_batch`."""
     ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)))
     for op in ops:
-        ds = add_op(ds, op)
+        ds = add_op(ds, op, output_uri, storage)
     return ds.map_batches(functools.partial(_stage, output_uri=output_uri, storage=storage), batch_size=None,
                           batch_format="pyarrow", zero_copy_batch=True)

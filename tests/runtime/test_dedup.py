@@ -42,3 +42,25 @@ def test_no_duplicates_and_tiny_inputs():
     t = pa.table({S.KEY: ["a", "b"], S.SRC_SHARD: ["x", "x"], S.SHARD_ORDER: [0, 0], S.SRC_INDEX: [0, 1]})
     assert losers(t).num_rows == 0
     assert losers(t.slice(0, 1)).num_rows == 0
+
+
+def test_rejected_first_copy_does_not_shadow_a_usable_later_copy(ray_cluster, tmp_path):
+    """Only alive rows compete for a key: a corrupt first copy keeps its own reason, the later good copy is kept."""
+    import corpus
+    import pyarrow.parquet as pq
+
+    from djray import pipeline
+    from djray.config import parse_config
+
+    corpus.write_tar(tmp_path / "in" / "a.tar", corpus.sample_members("k1", image=b"not an image")
+                     + corpus.sample_members("k2"))
+    corpus.write_tar(tmp_path / "in" / "b.tar", corpus.sample_members("k1") + corpus.sample_members("k2"))
+    manifest = pipeline.run(parse_config({"input": {"path": str(tmp_path / "in"), "format": "webdataset"},
+                                          "output": {"path": str(tmp_path / "out")}}), progress=False,
+                            log=lambda m: None)
+    assert manifest["rejected_by_reason"] == {"corrupt_image": 1, "duplicate_key": 1}
+    kept = {(r["key"], r["src_shard"]) for f in ("a", "b")
+            for r in pq.read_table(tmp_path / "out" / "data" / f"{f}.parquet").to_pylist()}
+    assert kept == {("k2", "a.tar"), ("k1", "b.tar")}
+    dup = pq.read_table(tmp_path / "out" / "rejects" / "b.parquet").to_pylist()
+    assert [(r["key"], r["reason"], r["detail"]) for r in dup] == [("k2", "duplicate_key", "key first seen at a.tar#1")]
