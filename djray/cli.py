@@ -1,4 +1,4 @@
-"""The `djray` command line: run, validate, sample-data.
+"""The `djray` command line: run, validate, submit, sample-data.
 
 Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
 1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
@@ -33,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="every check `run` makes before reading data, and nothing else")
     _add_config_args(p)
 
+    p = sub.add_parser("submit", help="validate here, then run the job on a Ray cluster (Ray Job Submission API)",
+                       description="Validate CONFIG here (no data is read), then submit it to a Ray cluster as a job "
+                                   "running `python jobs/govern.py` (or jobs/train.py with --train) on the resolved "
+                                   "config. Prints the job's submission id. See docs/cluster.md.")
+    _add_config_args(p)
+    p.add_argument("--address", default=None, metavar="URL",
+                   help="the cluster's job API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS)")
+    p.add_argument("--runtime-env", dest="runtime_env", default=None, metavar="FILE",
+                   help="YAML/JSON runtime environment merged into the job's (pip, py_modules, env_vars, ...)")
+    p.add_argument("--wait", action="store_true",
+                   help="stream the job's logs until it ends; exit 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED")
+    p.add_argument("--train", action="store_true", help="submit the training entrypoint (jobs/train.py) instead")
+
     p = sub.add_parser("sample-data", help="write a deterministic synthetic image-text corpus")
     p.add_argument("out", help="output directory")
     p.add_argument("--num-samples", type=int, required=True)
@@ -50,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sample-data":
             return _sample_data(args)
+        if args.command == "submit":
+            from djray.submit import submit_command
+
+            return submit_command(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             plan = pipeline.prepare(cfg)

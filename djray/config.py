@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
+from djray.ops.text.params import TextParams
 from djray.ops.vision.params import VisionParams
 
 
@@ -36,7 +37,9 @@ class InputConfig(Section):
     path: str = Field(description="local directory, glob or file; or s3://bucket/prefix")
     format: Literal["webdataset", "parquet"]
     columns: ParquetColumns = ParquetColumns()
-    rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits (= CPU-stage batch)")
+    # Rows per block a read task emits; the fused CPU stages (decode, caption policy) process one such block at a
+    # time. Downstream, Ray Data may coalesce stage outputs up to its target block size (128 MiB).
+    rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits")
 
     @field_validator("path")
     @classmethod
@@ -82,9 +85,11 @@ class JobConfig(Section):
     ray: RayConfig = RayConfig()
     decode: DecodeConfig = DecodeConfig()
     vision: VisionParams | None = None
+    text: TextParams | None = None
 
     def stages(self) -> list[str]:
-        return ["read", "decode"] + (["vision"] if self.vision else []) + ["write"]
+        return (["read", "decode"] + (["vision"] if self.vision else []) + ["dedup"]
+                + (["text"] if self.text and self.text.mode != "none" else []) + ["write"])
 
 
 # Keys that change how a job runs but not what it writes; they stay out of the config hash so a resumed run may
@@ -95,6 +100,7 @@ _RUNTIME_ONLY = {
     "output": {"mode", "path"},
     "input": {"rows_per_block"},
     "vision": {"batch_size", "resources"},
+    "text": {"batch_size", "resources", "concurrency", "timeout_s", "max_retries", "endpoint", "api_key_env"},
 }
 
 
@@ -136,7 +142,8 @@ def _format_errors(err: ValidationError) -> str:
             lines.append(f"{key}: required key is missing")
         else:
             got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            secret_like = any("key" in str(p) or "token" in str(p) for p in e["loc"])  # never echo a pasted secret
+            shown = "" if isinstance(got, (dict, list)) or secret_like else f" (got {got!r})"
             lines.append(f"{key}: {e['msg']}{shown}")
     return "invalid config:\n  " + "\n  ".join(lines)
 

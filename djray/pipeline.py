@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections import defaultdict
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 import ray
 
 import djray
+from djray import schema as S
 from djray.config import ConfigError, JobConfig, config_sha256
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
@@ -36,7 +38,7 @@ from djray.ops.decode import DecodeOp, DecodeParams
 from djray.runtime.dedup import find_duplicate_keys
 from djray.runtime.manifest import build_manifest
 from djray.runtime.progress import Progress
-from djray.runtime.ray_data import ReadSpec, staging_plan
+from djray.runtime.ray_data import KeptShard, ReadSpec, kept_rows_plan, staging_plan
 
 
 class JobError(RuntimeError):
@@ -52,7 +54,8 @@ class Plan:
     shards: list[str]
     out_fs: pafs.FileSystem
     layout: Layout
-    ops: list[Op] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)  # phase A: every row streams through these
+    kept_ops: list[Op] = field(default_factory=list)  # phase C: only rows still kept after global decisions
     models: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,13 +95,24 @@ def prepare(cfg: JobConfig) -> Plan:
         raise ConfigError(f"output.path: {e}") from None
     plan = Plan(cfg, config_sha256(cfg), storage, input_root_uri, shards, out_fs, Layout(out_root))
     _check_output(plan)
-    if cfg.vision is not None:
-        try:
-            cfg.vision.validate_sources()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    for section in (cfg.vision, cfg.text):
+        if section is not None:
+            try:
+                section.validate_sources()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     plan.ops = build_ops(cfg)
+    plan.kept_ops = build_kept_ops(cfg)
     return plan
+
+
+def build_kept_ops(cfg: JobConfig) -> list[Op]:
+    """Ops that see only the rows still kept after the global decisions (the LLM never sees a rejected row)."""
+    if cfg.text is None or cfg.text.mode == "none":
+        return []
+    from djray.ops.text.rewrite import TextRewriteOp
+
+    return [TextRewriteOp(cfg.text)]
 
 
 def build_ops(cfg: JobConfig) -> list[Op]:
@@ -197,11 +211,37 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise JobError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
-def _quiet_ray_data() -> None:
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Unavailable|Interrupt)): .+")
+
+
+def root_cause(e: BaseException) -> str:
+    """One line naming what went wrong. Ray wraps a task's or an actor constructor's exception in its own error whose
+    first line says only which worker died; the original `SomeError: message` is the last such line of its text."""
+    text = f"{type(e).__name__}: {e}"
+    lines = [line.strip() for line in text.splitlines() if _EXCEPTION_LINE.match(line.strip())]
+    return (lines[-1] if lines else text.splitlines()[0])[:800]
+
+
+def _configure_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+
+
+def _check_cpu_budget(plan: Plan) -> None:
+    """Actor pools that hold every CPU of a fixed-size instance starve the read and write tasks: Ray would wait
+    forever. Refuse that before starting (an autoscaling cluster can add nodes, so only the local instance)."""
+    if plan.cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = ray.cluster_resources().get("CPU", 0)
+    for phase in (plan.ops, plan.kept_ops):
+        held = sum(op.resources.pool_size * op.resources.num_cpus for op in phase if op.stateful)
+        if held and held > cpus - 0.5:
+            section = next(op.stage for op in phase if op.stateful)
+            raise ConfigError(f"{section}.resources: actor pools hold {held:g} of the {cpus:g} CPUs of the local "
+                              "Ray instance, leaving none for read/write tasks; lower pool_size or num_cpus "
+                              "(e.g. num_cpus: 0.5) or give the instance more CPUs (ray.num_cpus)")
 
 
 def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -209,7 +249,8 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     plan = prepare(cfg)
     started = time.time()
     ensure_ray(cfg)
-    _quiet_ray_data()
+    _configure_ray_data()
+    _check_cpu_budget(plan)
     fs, layout = plan.out_fs, plan.layout
     if cfg.output.mode == "overwrite":
         for path in (f"{layout.root}/data", f"{layout.root}/rejects", layout.state):
@@ -221,6 +262,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
 
     staged = {s: m for s in plan.shards if (m := iofs.read_json(fs, layout.staged_marker(s))) is not None}
     done = {s: m for s in plan.shards if (m := iofs.read_json(fs, layout.done_marker(s))) is not None}
+    patched = {s: m for s in plan.shards if (m := iofs.read_json(fs, layout.patched_marker(s))) is not None}
     rows_this_run = 0
     error = None
     phases: dict[str, float] = {}
@@ -228,7 +270,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
         todo = [s for s in plan.shards if s not in staged and s not in done]
         if todo:
             t0 = time.monotonic()
-            rows_this_run = _stage(plan, todo, staged, progress, log)
+            rows_this_run = _stage(plan, todo, staged, progress)
             phases["stream_s"] = time.monotonic() - t0
         pending = [s for s in plan.shards if s not in done]
         if pending:
@@ -237,13 +279,19 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
             duplicates = find_duplicate_keys(fragments, fs, sum(m["rows_in"] for m in staged.values()))
             phases["dedup_s"] = time.monotonic() - t0
             log(f"[dedup] {sum(map(len, duplicates.values()))} duplicate key(s) across {len(plan.shards)} shards")
+            if plan.kept_ops:
+                patch_todo = [s for s in pending if s not in patched]
+                if patch_todo:
+                    t0 = time.monotonic()
+                    _patch(plan, patch_todo, staged, duplicates, patched, progress)
+                    phases["text_s"] = time.monotonic() - t0
             t0 = time.monotonic()
-            _finalize(plan, pending, staged, duplicates, done, progress)
+            _finalize(plan, pending, staged, duplicates, patched if plan.kept_ops else None, done, progress)
             phases["write_s"] = time.monotonic() - t0
     except (ray.exceptions.RayError, OSError, RuntimeError) as e:
-        error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        error = root_cause(e)
     records = [done.get(s) or {"shard": s, "status": "staged" if s in staged else "pending"} for s in plan.shards]
-    for op in plan.ops:
+    for op in plan.ops + plan.kept_ops:
         if op.stateful:
             plan.models[op.stage] = iofs.read_json(fs, layout.model_record(op.name)) or {"op": op.name}
     complete = error is None and len(done) == len(plan.shards)
@@ -254,24 +302,18 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     iofs.write_json(fs, layout.manifest, manifest)
     if complete:
         iofs.delete_dir(fs, f"{layout.state}/staging")
+        iofs.delete_dir(fs, f"{layout.state}/patches")
     if error:
-        raise JobError(f"{error}\n(the output is resumable: re-run the same command)")
+        raise JobError(f"{error}\n(completed shards are kept: fix the cause, then re-run the same command to resume)")
     if not manifest["accounting_ok"]:
         raise JobError("accounting check failed: rows_in != rows_kept + rows_rejected (see manifest.json)")
     return manifest
 
 
-def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool,
-           log: Callable[[str], None]) -> int:
-    fs, layout = plan.out_fs, plan.layout
-    for s in todo:  # fragments of an interrupted attempt are never referenced by a marker: drop them
-        iofs.delete_dir(fs, layout.staging_dir(s))
-    order = {s: i for i, s in enumerate(plan.shards)}
-    spec = ReadSpec(plan.input_root_uri, plan.cfg.input.format, plan.storage, plan.cfg.input.rows_per_block,
-                    plan.cfg.input.columns.key, plan.cfg.input.columns.image, plan.cfg.input.columns.caption)
-    ds = staging_plan([(s, order[s]) for s in todo], spec, plan.ops, plan.cfg.output.path, plan.storage)
+def _collect(ds: ray.data.Dataset, todo: list[str], marker_path: Callable[[str], str], markers: dict[str, Any],
+             fs: pafs.FileSystem, bar: Progress) -> int:
+    """Consume staging summaries; write a shard's marker once all its rows are durable. Returns rows written."""
     acc: dict[str, dict[str, Any]] = defaultdict(lambda: {"fragments": [], "rows": 0, "rows_in": None})
-    bar = Progress("govern", len(todo), enabled=progress)
     rows = newly = 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for rec in batch.to_pylist():
@@ -284,27 +326,55 @@ def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool,
                 a["rows_in"] = rec["shard_rows"]
             if a["rows_in"] is not None and a["rows"] == a["rows_in"]:
                 marker = {"shard": rec["src_shard"], "rows_in": a["rows_in"], "fragments": sorted(a["fragments"])}
-                iofs.write_json(fs, layout.staged_marker(rec["src_shard"]), marker)
-                staged[rec["src_shard"]] = marker
+                iofs.write_json(fs, marker_path(rec["src_shard"]), marker)
+                markers[rec["src_shard"]] = marker
                 newly += 1
         bar.update(newly, rows)
     bar.close()
-    missing = [s for s in todo if s not in staged]
+    missing = [s for s in todo if s not in markers]
     if missing:
         raise JobError(f"{len(missing)} shard(s) did not stream completely, e.g. {missing[0]}")
     return rows
 
 
+def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool) -> int:
+    """Phase A: read → streaming ops → staging fragments, for the shards in `todo`."""
+    fs, layout = plan.out_fs, plan.layout
+    for s in todo:  # fragments of an interrupted attempt are never referenced by a marker: drop them
+        iofs.delete_dir(fs, layout.staging_dir(s))
+    order = {s: i for i, s in enumerate(plan.shards)}
+    spec = ReadSpec(plan.input_root_uri, plan.cfg.input.format, plan.storage, plan.cfg.input.rows_per_block,
+                    plan.cfg.input.columns.key, plan.cfg.input.columns.image, plan.cfg.input.columns.caption)
+    ds = staging_plan([(s, order[s]) for s in todo], spec, plan.ops, plan.cfg.output.path, plan.storage)
+    return _collect(ds, todo, layout.staged_marker, staged, fs, Progress("govern", len(todo), enabled=progress))
+
+
+def _patch(plan: Plan, todo: list[str], staged: dict[str, Any], duplicates: dict[str, dict[int, str]],
+           patched: dict[str, Any], progress: bool) -> int:
+    """Phase C1: ops that see kept rows only (the text branch) → column patches, for the shards in `todo`."""
+    fs, layout = plan.out_fs, plan.layout
+    for s in todo:
+        iofs.delete_dir(fs, layout.patch_dir(s))
+    columns = [S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.CAPTION_RAW, S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL]
+    if plan.vision:
+        columns.append(S.VIS_EVIDENCE)
+    shards = [KeptShard(s, staged[s], duplicates.get(s, {})) for s in todo]
+    ds = kept_rows_plan(shards, plan.kept_ops, plan.cfg.output.path, plan.storage, columns,
+                        plan.cfg.input.rows_per_block)
+    return _collect(ds, todo, layout.patched_marker, patched, fs, Progress("text", len(todo), enabled=progress))
+
+
 def _finalize_task(output_uri: str, storage: iofs.Storage, src_shard: str, staged: dict[str, Any],
-                   duplicates: dict[int, str], vision: bool, footer: dict[bytes, bytes],
-                   compression: str) -> dict[str, Any]:
+                   duplicates: dict[int, str], patched: dict[str, Any] | None, vision: bool,
+                   footer: dict[bytes, bytes], compression: str) -> dict[str, Any]:
     fs, root = iofs.resolve(output_uri, storage)
     return finalize_shard(fs, Layout(root), src_shard, staged, duplicates, vision=vision, footer=footer,
-                          compression=compression)
+                          compression=compression, patched=patched)
 
 
 def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates: dict[str, dict[int, str]],
-              done: dict[str, Any], progress: bool) -> None:
+              patched: dict[str, Any] | None, done: dict[str, Any], progress: bool) -> None:
+    """Phase C2: one task per shard writes its final data/ and rejects/ files; the driver marks it done."""
     task = ray.remote(num_cpus=1, max_retries=2)(_finalize_task)
     footer = plan.footer()
     bar = Progress("write", len(pending), enabled=progress)
@@ -315,7 +385,8 @@ def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates
         while queue and len(inflight) < limit:
             s = queue.pop(0)
             ref = task.remote(plan.cfg.output.path, plan.storage, s, staged[s], duplicates.get(s, {}),
-                              plan.vision, footer, plan.cfg.output.compression)
+                              patched[s] if patched is not None else None, plan.vision, footer,
+                              plan.cfg.output.compression)
             inflight[ref] = s
         ready, _ = ray.wait(list(inflight), num_returns=1)
         s = inflight.pop(ready[0])

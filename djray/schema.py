@@ -45,6 +45,7 @@ SHARD_ORDER = "_shard_order"  # position of the shard in the sorted shard list (
 SHARD_ROWS = "_shard_rows"  # set on the last row a reader emits for a shard: the shard's total row count
 END_OF_SHARD = "_end_of_shard"  # reason on the one marker row (src_index -1) a reader emits after a shard's rows
 PIXELS = "_pixels"  # canonical crop, uint8 (S, S, 3) C-order bytes, fixed_size_binary(S*S*3); only with vision
+TEXT_FALLBACK_REASON = "_text_fallback_reason"  # why the text branch kept the normalised caption (manifest counts)
 CAPTION_INVALID_UTF8 = "_caption_invalid_utf8"  # reader saw caption bytes that are not UTF-8 (decoded with U+FFFD)
 
 CAPTION_SOURCES = ("original", "normalized", "concat", "rewrite", "fallback")

@@ -82,3 +82,16 @@ def test_run_infrastructure_error_exits_1(tmp_path, corpus):
     r = djray("run", _config(tmp_path, corpus), "--no-progress", address="127.0.0.1:1")
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert "djray:" in r.stderr
+
+
+def test_root_cause_digs_out_the_original_exception():
+    from djray.pipeline import root_cause
+
+    class ActorDiedError(Exception):
+        pass
+
+    wrapped = ActorDiedError("The actor died because of an error raised in its creation task, ray::MapWorker()\n"
+                             "  File \"x.py\", line 3, in setup\n"
+                             "ValueError: vision.weights (file:/w.pt): weights do not fit model test_vit")
+    assert root_cause(wrapped) == "ValueError: vision.weights (file:/w.pt): weights do not fit model test_vit"
+    assert root_cause(OSError("disk full")) == "OSError: disk full"

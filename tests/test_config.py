@@ -17,7 +17,7 @@ def _err(raw) -> str:
 
 def test_minimal_config_runs_read_decode_write():
     cfg = parse_config(BASE)
-    assert cfg.stages() == ["read", "decode", "write"]
+    assert cfg.stages() == ["read", "decode", "dedup", "write"]
     assert cfg.output.mode == "resume"
     assert (cfg.input.columns.key, cfg.input.columns.image, cfg.input.columns.caption) == ("key", "jpg", "txt")
 
@@ -80,3 +80,20 @@ def test_config_hash_ignores_runtime_only_keys():
     c = parse_config({**BASE, "decode": {"min_side": 64}})
     assert config_sha256(a) == config_sha256(b)
     assert config_sha256(a) != config_sha256(c)
+
+
+def test_sections_switch_stages_on():
+    cfg = parse_config({**BASE, "vision": {"weights": "random"}, "text": {"mode": "concat"}})
+    assert cfg.stages() == ["read", "decode", "vision", "dedup", "text", "write"]
+    assert parse_config({**BASE, "text": {"mode": "none"}}).stages() == ["read", "decode", "dedup", "write"]
+
+
+def test_text_and_vision_errors_name_their_keys():
+    assert "vision.strategy" in _err({**BASE, "vision": {"strategy": "best"}})
+    assert "text.mode" in _err({**BASE, "text": {"mode": "poetry"}})
+    assert "text.colour: unknown key" in _err({**BASE, "text": {"mode": "concat", "colour": 1}})
+
+
+def test_a_pasted_api_key_is_never_echoed():
+    message = _err({**BASE, "text": {"mode": "concat", "api_key_env": "sk-live-abc123 secret"}})
+    assert "text.api_key_env" in message and "sk-live-abc123" not in message

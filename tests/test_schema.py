@@ -45,6 +45,6 @@ def test_reason_codes_are_stable():
 def test_internal_columns_are_never_contract_columns():
     contract = set(S.rejects_schema(vision=True).names)
     internal = {S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ORDER, S.SHARD_ROWS, S.PIXELS,
-                S.CAPTION_INVALID_UTF8}
+                S.CAPTION_INVALID_UTF8, S.TEXT_FALLBACK_REASON}
     assert all(name.startswith("_") for name in internal)
     assert not contract & internal

@@ -9,6 +9,8 @@ which skip names starting with `_`):
     OUTPUT/_djray/job.json                 config hash of the job that owns this output
     OUTPUT/_djray/staging/<shard>/*.parquet fragments written while a shard streams through the stages
     OUTPUT/_djray/staged/<shard>.json      the shard streamed completely: its fragment list and row count
+    OUTPUT/_djray/patches/<shard>/*.parquet column patches (src_index + new columns) from ops on kept rows (text)
+    OUTPUT/_djray/patched/<shard>.json     every kept row of the shard has its patch: the patch fragment list
     OUTPUT/_djray/done/<shard>.json        the shard's final files are written: its counts
     OUTPUT/_djray/models/<op>.json         what a model-loading op loaded (sources, checksums), for the manifest
 
@@ -73,6 +75,12 @@ class Layout:
     def done_marker(self, src_shard: str) -> str:
         return f"{self.state}/done/{self._flat(src_shard)}.json"
 
+    def patch_dir(self, src_shard: str) -> str:
+        return f"{self.state}/patches/{self._flat(src_shard)}"
+
+    def patched_marker(self, src_shard: str) -> str:
+        return f"{self.state}/patched/{self._flat(src_shard)}.json"
+
     def model_record(self, op_name: str) -> str:
         return f"{self.state}/models/{op_name}.json"
 
@@ -80,14 +88,19 @@ class Layout:
 # ---- staging (runs inside Ray tasks) ---------------------------------------------------------------------------
 
 
-def stage_batch(batch: pa.Table, fs: pafs.FileSystem, layout: Layout) -> pa.Table:
+def stage_batch(batch: pa.Table, fs: pafs.FileSystem, layout: Layout,
+                patch_columns: tuple[str, ...] | None = None) -> pa.Table:
     """Write one batch's rows as a fragment per shard; return one summary row per shard in the batch.
 
     Summary columns: src_shard, fragment (path or null), rows (real rows written), shard_rows (total rows of the
-    shard when this batch held its end-of-shard marker, else null).
+    shard when this batch held its end-of-shard marker, else null). With `patch_columns`, only `src_index` and those
+    columns are written, as a column patch under the shard's patch directory.
     """
     if S.PIXELS in batch.column_names:
         batch = batch.drop_columns([S.PIXELS])
+    if patch_columns is not None:
+        batch = batch.select([S.SRC_SHARD, S.SRC_INDEX, S.SHARD_ROWS, *patch_columns])
+    directory = layout.patch_dir if patch_columns is not None else layout.staging_dir
     summary: dict[str, list[Any]] = {"src_shard": [], "fragment": [], "rows": [], "shard_rows": []}
     shards = batch.column(S.SRC_SHARD)
     for src_shard in pc.unique(shards).to_pylist():
@@ -97,7 +110,7 @@ def stage_batch(batch: pa.Table, fs: pafs.FileSystem, layout: Layout) -> pa.Tabl
         rows = part.filter(pc.invert(is_marker))
         fragment = None
         if rows.num_rows:
-            fragment = f"{layout.staging_dir(src_shard)}/{uuid.uuid4().hex}.parquet"
+            fragment = f"{directory(src_shard)}/{uuid.uuid4().hex}.parquet"
             iofs.write_table_atomic(fs, fragment, rows.drop_columns([S.SHARD_ROWS]), compression="none")
         summary["src_shard"].append(src_shard)
         summary["fragment"].append(fragment)
@@ -117,18 +130,30 @@ STAGE_SUMMARY_SCHEMA = pa.schema([
 # ---- finalisation (one Ray task per shard) ---------------------------------------------------------------------
 
 
+def read_staged_shard(fs: pafs.FileSystem, staged: dict[str, Any], duplicates: dict[int, str],
+                      columns: list[str] | None = None) -> pa.Table:
+    """A staged shard's rows sorted by src_index, with duplicate-key decisions applied."""
+    fragments = [pq.read_table(f, filesystem=fs, columns=columns) for f in staged["fragments"]]
+    if fragments:
+        table = pa.concat_tables(fragments, promote_options="permissive")
+    else:
+        table = S.SOURCE_SCHEMA.empty_table().select(columns) if columns else S.SOURCE_SCHEMA.empty_table()
+    table = table.sort_by([(S.SRC_INDEX, "ascending")])
+    return _reject_duplicates(table, duplicates) if duplicates else table
+
+
 def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: dict[str, Any],
                    duplicates: dict[int, str], *, vision: bool, footer: dict[bytes, bytes],
-                   compression: str) -> dict[str, Any]:
-    """Merge a shard's fragments, apply global decisions, write its data and rejects files; return its counts.
+                   compression: str, patched: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge a shard's fragments, apply global decisions and column patches, write its data and rejects files;
+    return its counts.
 
-    `duplicates` maps src_index → detail for rows that lose a duplicate-key tie.
+    `duplicates` maps src_index → detail for rows that lose a duplicate-key tie. `patched` lists the column-patch
+    fragments written by ops that ran on kept rows only (the text branch); every kept row must have one.
     """
-    fragments = [pq.read_table(f, filesystem=fs) for f in staged["fragments"]]
-    table = pa.concat_tables(fragments, promote_options="permissive") if fragments else S.SOURCE_SCHEMA.empty_table()
-    table = table.sort_by([(S.SRC_INDEX, "ascending")])
-    if duplicates:
-        table = _reject_duplicates(table, duplicates)
+    table = read_staged_shard(fs, staged, duplicates)
+    if patched is not None:
+        table = _apply_patches(table, [pq.read_table(f, filesystem=fs) for f in patched["fragments"]], src_shard)
 
     alive = table.column(S.REJECT_REASON).is_null()
     data = _project(table.filter(alive), S.data_schema(vision), footer)
@@ -139,6 +164,7 @@ def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: 
         S.rejects_schema(vision), footer)
 
     rows_in = staged["rows_in"]
+    sources = Counter(data.column(S.CAPTION_SOURCE).to_pylist())
     counts = {
         "shard": src_shard,
         "status": "done",
@@ -148,7 +174,11 @@ def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: 
         "rejected_by_reason": dict(sorted(Counter(rejects.column(S.REASON).to_pylist()).items())),
         "data_file": posixpath.relpath(layout.data(src_shard), layout.root),
         "rejects_file": posixpath.relpath(layout.rejects(src_shard), layout.root),
+        "caption_source": dict(sorted(sources.items())),
     }
+    if S.TEXT_FALLBACK_REASON in table.column_names:
+        fallbacks = table.filter(alive).column(S.TEXT_FALLBACK_REASON).drop_null().to_pylist()
+        counts["text_fallback_by_reason"] = dict(sorted(Counter(fallbacks).items()))
     if data.num_rows + rejects.num_rows != rows_in or table.num_rows != rows_in:
         raise AccountingError(
             f"shard {src_shard}: rows_in {rows_in} != kept {data.num_rows} + rejected {rejects.num_rows}"
@@ -160,6 +190,33 @@ def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: 
 
 class AccountingError(RuntimeError):
     """rows_in != rows_kept + rows_rejected: a bug, never a data problem."""
+
+
+def _apply_patches(table: pa.Table, patches: list[pa.Table], src_shard: str) -> pa.Table:
+    """Set the columns of the patch fragments on the rows with the same src_index; every alive row needs one."""
+    if not patches:
+        patch = None
+    else:
+        patch = pa.concat_tables(patches, promote_options="permissive").drop_columns([S.SRC_SHARD])
+    alive = table.column(S.REJECT_REASON).is_null()
+    n_alive = pc.sum(alive.cast(pa.int64())).as_py() or 0
+    if patch is None:
+        if n_alive:
+            raise AccountingError(f"shard {src_shard}: {n_alive} kept rows but no column patches")
+        return table
+    pos = pc.index_in(table.column(S.SRC_INDEX), value_set=patch.column(S.SRC_INDEX))
+    covered = pc.sum(pc.and_(alive, pos.is_valid()).cast(pa.int64())).as_py() or 0
+    if covered != n_alive or patch.num_rows != n_alive:
+        raise AccountingError(f"shard {src_shard}: {n_alive} kept rows, {patch.num_rows} patched, {covered} matched")
+    for name in patch.column_names:
+        if name != S.SRC_INDEX:
+            table = _set(table, name, patch.column(name).take(pos))
+    return table
+
+
+def _set(table: pa.Table, name: str, values) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, name, values) if i >= 0 else table.append_column(name, values)
 
 
 def _reject_duplicates(table: pa.Table, duplicates: dict[int, str]) -> pa.Table:
@@ -189,13 +246,15 @@ def _project(table: pa.Table, schema: pa.Schema, footer: dict[bytes, bytes]) -> 
     cols = []
     for field in schema:
         if field.name in table.column_names:
-            cols.append(table.column(field.name).cast(field.type))
-        elif field.name == S.CAPTION and S.CAPTION_RAW in table.column_names:
-            cols.append(table.column(S.CAPTION_RAW))
-        elif field.name == S.CAPTION_SOURCE:
-            cols.append(pa.array(["original"] * n, type=pa.string()))
+            col = table.column(field.name).cast(field.type)
         else:
-            cols.append(pa.nulls(n, type=field.type))
+            col = pa.nulls(n, type=field.type)
+        # Rows no text op touched (no text branch, or rejected rows) keep their source caption.
+        if field.name == S.CAPTION and S.CAPTION_RAW in table.column_names:
+            col = pc.coalesce(col, table.column(S.CAPTION_RAW))
+        elif field.name == S.CAPTION_SOURCE:
+            col = pc.coalesce(col, pa.scalar("original", pa.string()))
+        cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema.with_metadata(footer))
 
 

@@ -20,8 +20,12 @@ def build_manifest(*, config: dict[str, Any], config_sha256: str, shards: list[d
     """Aggregate per-shard records into the manifest and check the accounting identity in total."""
     done = [s for s in shards if s.get("status") == "done"]
     by_reason: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    fallbacks: Counter[str] = Counter()
     for s in done:
         by_reason.update(s.get("rejected_by_reason", {}))
+        sources.update(s.get("caption_source", {}))
+        fallbacks.update(s.get("text_fallback_by_reason", {}))
     rows_in = sum(s["rows_in"] for s in done)
     kept = sum(s["rows_kept"] for s in done)
     rejected = sum(s["rows_rejected"] for s in done)
@@ -37,6 +41,8 @@ def build_manifest(*, config: dict[str, Any], config_sha256: str, shards: list[d
         "rows_kept": kept,
         "rows_rejected": rejected,
         "rejected_by_reason": dict(sorted(by_reason.items())),
+        "caption_source": dict(sorted(sources.items())),
+        "text_fallback_by_reason": dict(sorted(fallbacks.items())),
         "accounting_ok": rows_in == kept + rejected
         and all(s["rows_in"] == s["rows_kept"] + s["rows_rejected"] for s in done),
         "shards_total": len(shards),
@@ -74,6 +80,11 @@ def format_summary(manifest: dict[str, Any]) -> str:
     ]
     for reason, count in sorted(manifest["rejected_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"    {reason:<24}{count:>10,}")
+    if manifest.get("text_fallback_by_reason") or set(manifest.get("caption_source", {})) - {"original"}:
+        shown = ", ".join(f"{k} {v:,}" for k, v in manifest["caption_source"].items())
+        lines.append(f"  captions      {shown}")
+        for reason, count in sorted(manifest["text_fallback_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    fallback {reason:<15}{count:>10,}")
     lines.append(f"  this run      {run['rows_processed']:>12,} rows in {run['elapsed_s']:.1f}s"
                  f" = {run['rows_per_s']:,.1f} rows/s")
     for name, model in manifest.get("models", {}).items():

@@ -17,12 +17,11 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from djray.schema import SOURCE_SCHEMA
-
+from djray import schema as S
 from djray.io import fs as iofs
 from djray.io.parquet import read_parquet_shard
 from djray.io.webdataset import read_webdataset_shard
-from djray.io.writer import Layout, stage_batch
+from djray.io.writer import Layout, read_staged_shard, stage_batch
 from djray.ops.base import Op, apply_op_output
 
 
@@ -64,7 +63,7 @@ class ShardDatasource(Datasource):
         return [
             ReadTask(functools.partial(_read_shard, src_shard, order, self.spec),
                      BlockMetadata(num_rows=None, size_bytes=None, input_files=[src_shard], exec_stats=None),
-                     schema=SOURCE_SCHEMA)
+                     schema=S.SOURCE_SCHEMA)
             for src_shard, order in self.shards
         ]
 
@@ -95,9 +94,68 @@ class _OpActor:
         return apply_op_output(batch, self.op, self.op(batch))
 
 
-def _stage(batch: pa.Table, output_uri: str, storage: iofs.Storage) -> pa.Table:
+def _stage(batch: pa.Table, output_uri: str, storage: iofs.Storage,
+           patch_columns: tuple[str, ...] | None = None) -> pa.Table:
     fs, root = iofs.resolve(output_uri, storage)
-    return stage_batch(batch, fs, Layout(root))
+    return stage_batch(batch, fs, Layout(root), patch_columns)
+
+
+@dataclass(frozen=True)
+class KeptShard:
+    """A staged shard to feed to ops that see kept rows only: its fragments and duplicate-key decisions."""
+
+    src_shard: str
+    staged: dict[str, Any]
+    duplicates: dict[int, str]
+
+
+def _read_kept_rows(shard: KeptShard, output_uri: str, storage: iofs.Storage, columns: list[str],
+                    rows_per_block: int) -> Iterator[pa.Table]:
+    fs, _ = iofs.resolve(output_uri, storage)
+    table = read_staged_shard(fs, shard.staged, shard.duplicates, columns)
+    kept = table.filter(table.column(S.REJECT_REASON).is_null())
+    kept = kept.append_column(S.SHARD_ROWS, pa.nulls(kept.num_rows, pa.int64()))
+    for start in range(0, kept.num_rows, rows_per_block):
+        yield kept.slice(start, rows_per_block)
+    marker = {name: [None] for name in kept.column_names}
+    marker.update({S.SRC_SHARD: [shard.src_shard], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
+                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [kept.num_rows]})
+    yield pa.table(marker, schema=kept.schema)
+
+
+class KeptRowsDatasource(Datasource):
+    """One read task per staged shard, emitting only the rows still kept after the global decisions."""
+
+    def __init__(self, shards: list[KeptShard], output_uri: str, storage: iofs.Storage, columns: list[str],
+                 rows_per_block: int):
+        super().__init__()
+        self.shards, self.output_uri, self.storage = shards, output_uri, storage
+        self.columns, self.rows_per_block = columns, rows_per_block
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        return [
+            ReadTask(functools.partial(_read_kept_rows, shard, self.output_uri, self.storage, self.columns,
+                                       self.rows_per_block),
+                     BlockMetadata(num_rows=None, size_bytes=None, input_files=[shard.src_shard], exec_stats=None))
+            for shard in self.shards
+        ]
+
+
+def kept_rows_plan(shards: list[KeptShard], ops: list[Op], output_uri: str, storage: iofs.Storage,
+                   columns: list[str], rows_per_block: int) -> ray.data.Dataset:
+    """staged kept rows → ops → column patches (src_index + the ops' columns); one summary row per (batch, shard)."""
+    ds = ray.data.read_datasource(KeptRowsDatasource(shards, output_uri, storage, columns, rows_per_block),
+                                  override_num_blocks=max(1, len(shards)))
+    for op in ops:
+        ds = add_op(ds, op, output_uri, storage)
+    patch_columns = tuple(dict.fromkeys(c for op in ops for c in op.writes))
+    return ds.map_batches(functools.partial(_stage, output_uri=output_uri, storage=storage,
+                                            patch_columns=patch_columns),
+                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True)
 
 
 def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage) -> ray.data.Dataset:

@@ -6,7 +6,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from djray.models import weights as W
 from djray.ops.base import Params
@@ -86,11 +86,6 @@ class VisionParams(Params):
     strata: int = Field(4, ge=1)  # stratified: number of equal-count score strata
     mix_alpha: float = Field(0.5, ge=0.0, le=1.0)  # mix: fraction of k taken from the top scores
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_syntax(cls, v: str) -> str:
-        return _check_source_syntax(v)
-
     @field_validator("aggregation")
     @classmethod
     def _aggregation(cls, v: str) -> str:
@@ -98,19 +93,28 @@ class VisionParams(Params):
             raise ValueError(f"aggregation {v!r} must be mean_prob, mean_logit, max_prob or head:I")
         return v
 
-    @model_validator(mode="after")
-    def _geometry(self) -> VisionParams:
-        if self.weights.startswith("hub:"):
-            raise ValueError("weights: hub:TAG is for open_clip heads; put the backbone's pretrained tag in "
+    # Field validators (not a model validator) so errors name the key: vision.weights, vision.image_size.
+    @field_validator("weights")
+    @classmethod
+    def _backbone_weights(cls, v: str) -> str:
+        v = _check_source_syntax(v)
+        if v.startswith("hub:"):
+            raise ValueError("hub:TAG is for open_clip heads; put the backbone's pretrained tag in "
                              "vision.model (e.g. vit_small_patch16_224.dino) and use weights: hub")
-        p = patch_size_from_name(self.model)
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _geometry(cls, v: int, info: ValidationInfo) -> int:
+        model = info.data.get("model")
+        p = patch_size_from_name(model) if model else None
         if p is not None:
-            if self.image_size % p:
-                raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {p} of "
-                                 f"{self.model} (try {max(p, round(self.image_size / p) * p)})")
-            if (self.image_size // p) ** 2 > MAX_PATCHES:
-                raise ValueError(f"image_size {self.image_size} gives more than {MAX_PATCHES} patches")
-        return self
+            if v % p:
+                raise ValueError(f"image_size {v} is not a multiple of the patch size {p} of {model} "
+                                 f"(try {max(p, round(v / p) * p)})")
+            if (v // p) ** 2 > MAX_PATCHES:
+                raise ValueError(f"image_size {v} gives more than {MAX_PATCHES} patches")
+        return v
 
     def validate_sources(self, prefix: str = "vision") -> None:
         """Check every weights source and labels file before any data is read (``djray validate``).

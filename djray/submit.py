@@ -1,0 +1,481 @@
+"""`djray submit`: validate a job config here, then run it on a Ray cluster through Ray's Job Submission API.
+
+    djray submit CONFIG --address http://HEAD:8265 [--set k=v ...] [--runtime-env FILE] [--wait] [--train]
+
+What is submitted:
+
+- **The resolved config travels in the job's working directory.** `djray submit` writes the config with every `--set`
+  applied to `djray-job.yaml` in a fresh temporary directory, next to copies of `jobs/govern.py` and
+  `jobs/train.py`, and submits that directory as the runtime environment's `working_dir` (Ray uploads it once, at
+  submission). The entrypoint is `python jobs/govern.py djray-job.yaml` (or `jobs/train.py` with `--train`): the same
+  code as `djray run` (see `jobs/`). Relative paths in the config resolve against that working directory on the
+  cluster, so configs for clusters should use `s3://` URIs (or absolute paths on a filesystem every node mounts).
+- **`ray.address` is cleared** in the submitted config: a submitted job attaches to the cluster it runs on.
+- **`--runtime-env FILE`** (YAML or JSON) is merged in: `pip`, `py_modules`, `env_vars`, `excludes`, a local
+  `working_dir` (its files are copied under the job's working directory; a remote one is refused, since the config has
+  to be added to it), and anything else Ray accepts. An `env_vars` entry whose value is `null` forwards this machine's
+  value (for example `AWS_REGION: null`); it is dropped when unset here.
+- **The djray package**: when djray is installed editable from a source checkout (`pip install -e .`), its package
+  directory is shipped with `py_modules`, so the cluster runs the code you have. Otherwise the cluster's image is
+  expected to have djray installed (`docker/Dockerfile.gpu`, `docker/Dockerfile.cpu`).
+- **Credentials never travel.** Nothing is taken from the local environment unless the runtime-env file asks for it,
+  and AWS credential variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) are refused: the
+  runtime environment is stored and shown by the cluster's dashboard. Nodes get S3 access from their instance profile
+  (or IRSA / pod identity on Kubernetes).
+
+Output: the job's submission id alone on stdout (scripts can capture it); how to follow and stop it on stderr. With
+`--wait`, the job's logs follow on stdout and the exit code is 0 when the job SUCCEEDED, 1 when it FAILED or was
+STOPPED (with the job's error message on stderr). Exit 2: a config, runtime-env or installation problem, found before
+anything is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG = 0, 1, 2
+
+CONFIG_NAME = "djray-job.yaml"
+ENTRYPOINT_SCRIPTS = {"govern": "jobs/govern.py", "train": "jobs/train.py"}
+# Never sent in a runtime environment (it is stored by the cluster and shown in its dashboard).
+CREDENTIAL_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_FAILED_LOGS_MARKER = ", last available logs"
+
+
+class SubmitError(Exception):
+    """A problem found before anything is sent to the cluster (exit 2)."""
+
+
+# ---- the entrypoint scripts ----------------------------------------------------------------------------------------
+# `jobs/govern.py` and `jobs/train.py` of the source tree are the entrypoints. When djray is installed from a wheel
+# (no source tree next to the package), these copies are written instead; tests/test_cluster_files.py checks that
+# they are identical to the files in jobs/.
+
+GOVERN_PY = '''\
+"""Ray job entrypoint: govern a corpus, exactly like `djray run CONFIG [--set k=v ...]`.
+
+    python jobs/govern.py CONFIG [--set dotted.key=value ...] [--no-progress]
+
+On a cluster the job driver attaches to the cluster it runs on (Ray sets RAY_ADDRESS for submitted jobs). Exit codes
+are those of `djray run`: 0 completed, 2 configuration error (before any work), 1 the job failed (re-run to resume).
+"""
+
+import sys
+
+from djray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))
+'''
+
+TRAIN_PY = '''\
+"""Ray job entrypoint: train on governed data, like `djray train CONFIG [--set k=v ...]`.
+
+    python jobs/train.py CONFIG [--set dotted.key=value ...]
+
+Calls `djray.train.main(argv)` (or runs `python -m djray.train` when the module has no `main`). Installations without
+the training extra have no `djray.train`: the job then exits 2 with one message and does no work.
+"""
+
+import importlib
+import importlib.util
+import runpy
+import sys
+
+UNAVAILABLE = "djray train is not available in this installation"
+
+
+def main(argv):
+    try:
+        found = importlib.util.find_spec("djray.train") is not None
+    except ImportError:  # djray itself is missing
+        found = False
+    if not found:
+        print(f"{UNAVAILABLE} (this djray has no djray.train module)",
+              file=sys.stderr)
+        return 2
+    try:
+        train = importlib.import_module("djray.train")
+    except ImportError as e:
+        print(f"{UNAVAILABLE} (importing djray.train failed: {e})", file=sys.stderr)
+        return 2
+    entry = getattr(train, "main", None)
+    if callable(entry):
+        return entry(list(argv))
+    sys.argv = ["djray.train", *argv]
+    runpy.run_module("djray.train", run_name="__main__", alter_sys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+'''
+
+ENTRYPOINT_SOURCES = {"govern": GOVERN_PY, "train": TRAIN_PY}
+
+
+# ---- building the job ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobSpec:
+    """Everything `submit_job` gets, plus the temporary working directory to delete after the upload."""
+
+    kind: str  # govern | train
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def package_dir() -> Path:
+    import djray
+
+    return Path(djray.__file__).resolve().parent
+
+
+def source_checkout() -> Path | None:
+    """The source tree djray is installed editable from, or None (a regular install: the cluster image has djray).
+
+    Editable means pip's `direct_url.json` says so, or the package does not live in a site-packages directory.
+    """
+    pkg = package_dir()
+    root = pkg.parent
+    if not (root / "pyproject.toml").is_file():
+        return None
+    editable = False
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            info = json.loads(distribution("djray").read_text("direct_url.json") or "{}")
+            editable = bool(info.get("dir_info", {}).get("editable"))
+        except PackageNotFoundError:
+            editable = False
+    except Exception:  # a broken metadata file must not stop a submission
+        editable = False
+    if not editable:
+        editable = not any(part in ("site-packages", "dist-packages") for part in pkg.parts)
+    return root if editable else None
+
+
+def _resolve_config(config: str, overrides: list[str], kind: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Parse + validate the config here (no input/output access); return (raw dict to submit, metadata, notes)."""
+    from djray.config import ConfigError, apply_overrides, config_sha256, load_config
+
+    notes: list[str] = []
+    try:
+        raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {config}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {config} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {config}: the top level must be a mapping")
+    raw = apply_overrides(raw, list(overrides))
+    metadata = {"djray_job": kind, "djray_config": Path(config).name}
+    if kind == "govern":
+        cfg = load_config(config, list(overrides))  # the model's own checks; input/output are not touched here
+        metadata["djray_config_sha256"] = config_sha256(cfg)
+        metadata["djray_stages"] = ",".join(cfg.stages())
+        ray_section = raw.get("ray")
+        if isinstance(ray_section, dict) and ray_section.get("address"):
+            notes.append(f"ray.address ({ray_section['address']}) is not used on the cluster: a submitted job attaches "
+                         "to the cluster it runs on")
+            ray_section["address"] = None
+        text = getattr(cfg, "text", None)
+        key_env = getattr(text, "api_key_env", None)
+        if text is not None and getattr(text, "engine", None) == "openai" and key_env:
+            notes.append(f"text.api_key_env: the job reads {key_env} from the environment of the cluster's nodes "
+                         "(a secret the nodes get from their own environment, not from this submission)")
+        for key, uri in (("input.path", cfg.input.path), ("output.path", cfg.output.path)):
+            if not uri.startswith("s3://"):
+                where = "the job's working directory" if not os.path.isabs(uri) else "each node's filesystem"
+                notes.append(f"{key} {uri!r} is not on S3: it resolves against {where} on the cluster, so every node "
+                             "must see it (shared filesystem) or the job will not find it")
+    return raw, metadata, notes
+
+
+def load_runtime_env(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SubmitError(f"--runtime-env {path}: cannot read: {e.strerror or e}") from None
+    try:
+        env = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as e:
+        raise SubmitError(f"--runtime-env {path}: not valid YAML/JSON: {e}") from None
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise SubmitError(f"--runtime-env {path}: the top level must be a mapping (pip, py_modules, env_vars, ...)")
+    return env
+
+
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+def _env_vars(user: Any, path: str | None, environ: dict[str, str], notes: list[str]) -> dict[str, str]:
+    if user is None:
+        return {}
+    if not isinstance(user, dict):
+        raise SubmitError(f"--runtime-env {path}: env_vars must be a mapping of names to strings")
+    out: dict[str, str] = {}
+    for name, value in user.items():
+        name = str(name)
+        if name.upper() in CREDENTIAL_VARS:
+            raise SubmitError(f"--runtime-env {path}: env_vars.{name}: credentials are never sent with a job (the "
+                              "cluster stores and displays runtime environments); give the nodes an IAM instance "
+                              "profile, IRSA or pod identity instead")
+        if any(word in name.upper() for word in _SECRET_WORDS):
+            notes.append(f"env_vars.{name} looks like a secret: the cluster stores runtime environments and shows "
+                         "them in its dashboard; prefer giving the nodes this value from their own environment")
+        if value is None:  # forward this machine's value
+            if name in environ:
+                out[name] = environ[name]
+            continue
+        if isinstance(value, (dict, list)):
+            raise SubmitError(f"--runtime-env {path}: env_vars.{name}: expected a string")
+        out[name] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def _copy_working_dir(src: str, dst: Path, path: str | None) -> None:
+    if "://" in src:
+        raise SubmitError(f"--runtime-env {path}: working_dir {src!r} is remote; djray submit adds the resolved "
+                          "config to the working directory, so it must be a local directory (ship code with "
+                          "py_modules, data through S3)")
+    src_path = Path(src).expanduser()  # relative paths: from the current directory, as `ray job submit` reads them
+    if not src_path.is_dir():
+        raise SubmitError(f"--runtime-env {path}: working_dir {src!r} is not a directory")
+    shutil.copytree(src_path, dst, dirs_exist_ok=True, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
+
+
+def build_job(config: str, overrides: list[str], *, train: bool = False, runtime_env_file: str | None = None,
+              environ: dict[str, str] | None = None) -> JobSpec:
+    """Validate the config and assemble the job (entrypoint, runtime env, metadata). Writes only a temp directory.
+
+    Raises ConfigError (config problems) or SubmitError (runtime-env problems); both mean exit 2.
+    """
+    from djray import __version__
+
+    environ = dict(os.environ if environ is None else environ)
+    kind = "train" if train else "govern"
+    raw, metadata, notes = _resolve_config(config, overrides, kind)
+    user_env = load_runtime_env(runtime_env_file)
+    env = {k: v for k, v in user_env.items() if k not in ("working_dir", "env_vars", "py_modules")}
+    env_vars = _env_vars(user_env.get("env_vars"), runtime_env_file, environ, notes)
+    env_vars.setdefault("PYTHONUNBUFFERED", "1")  # logs reach `ray job logs` / --wait as they are printed
+
+    py_modules = user_env.get("py_modules") or []
+    if not isinstance(py_modules, list):
+        raise SubmitError(f"--runtime-env {runtime_env_file}: py_modules must be a list")
+    checkout = source_checkout()
+    if checkout is not None:
+        pkg = str(package_dir())
+        if pkg not in [str(p) for p in py_modules]:
+            py_modules = [*py_modules, pkg]
+        metadata["djray_shipped_from"] = "source checkout (py_modules)"
+    else:
+        notes.append("djray is not installed from a source checkout here: the cluster's image must provide djray "
+                     f"{__version__} (add py_modules to --runtime-env to ship another build)")
+    if py_modules:
+        env["py_modules"] = py_modules
+
+    workdir = Path(tempfile.mkdtemp(prefix="djray-submit-"))
+    try:
+        if user_env.get("working_dir") is not None:
+            _copy_working_dir(str(user_env["working_dir"]), workdir, runtime_env_file)
+        header = (f"# Resolved by `djray submit` from {Path(config).name}"
+                  + (f" with --set {' --set '.join(overrides)}" if overrides else "") + ".")
+        header = " ".join(header.split()) + "\n"  # one comment line whatever the overrides contain
+        (workdir / CONFIG_NAME).write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        (workdir / "jobs").mkdir(exist_ok=True)
+        for name, rel in ENTRYPOINT_SCRIPTS.items():
+            src = checkout / rel if checkout is not None else None
+            text = src.read_text(encoding="utf-8") if src is not None and src.is_file() else ENTRYPOINT_SOURCES[name]
+            (workdir / rel).write_text(text, encoding="utf-8")
+        env["working_dir"] = str(workdir)
+        env["env_vars"] = env_vars
+        _validate_runtime_env(env, runtime_env_file)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    metadata["djray_version"] = __version__
+    entrypoint = f"python {ENTRYPOINT_SCRIPTS[kind]} {CONFIG_NAME}"
+    return JobSpec(kind=kind, entrypoint=entrypoint, runtime_env=env, metadata=metadata, workdir=workdir, notes=notes)
+
+
+def _validate_runtime_env(env: dict[str, Any], path: str | None) -> None:
+    """Ray's own parsing of the runtime env (types, pip/conda files), before anything is uploaded."""
+    try:
+        from ray.runtime_env import RuntimeEnv
+
+        RuntimeEnv(**env)
+    except (TypeError, ValueError) as e:
+        raise SubmitError(f"--runtime-env {path}: {e}") from None
+
+
+# ---- talking to the cluster --------------------------------------------------------------------------------------
+
+
+def make_client(address: str | None):
+    """A JobSubmissionClient for `address` (None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS, as `ray job submit`)."""
+    missing = [m for m in ("requests", "aiohttp") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SubmitError("djray submit needs Ray's job client (ray[default]; missing "
+                          f"{', '.join(missing)}): pip install 'djray[cluster]'")
+    from ray.job_submission import JobSubmissionClient
+
+    if address is None:
+        return JobSubmissionClient(None)
+    # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override an explicit address; here --address wins.
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(saved)
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
+def _error_summary(message: str | None, logs: str) -> str:
+    """The job's error message without the copy of the log tail Ray appends (already shown), plus djray's own line."""
+    message = (message or "").strip()
+    head = message.split(_FAILED_LOGS_MARKER, 1)[0].split("\n", 1)[0] if message else "no message from the cluster"
+    djray_lines = [line.strip() for line in (logs or message).splitlines() if line.strip().startswith("djray:")]
+    return head + (f"\n  {djray_lines[-1]}" if djray_lines else "")
+
+
+def wait_for_job(client: Any, job_id: str, *, out: TextIO, err: TextIO, poll_s: float = 1.0, max_poll_s: float = 5.0,
+                 sleep: Callable[[float], None] = time.sleep, max_failures: int = 12) -> int:
+    """Print the job's logs as they grow until it ends; 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED.
+
+    The job API is polled (status, then the whole log; the new part is printed). A connection that drops for a while
+    (a port-forward restarting) is retried `max_failures` times in a row before giving up.
+    """
+    failures = 0
+
+    def poll(fn: Callable[[str], Any]) -> Any:
+        nonlocal failures
+        while True:
+            try:
+                result = fn(job_id)
+                failures = 0
+                return result
+            except (OSError, RuntimeError):
+                failures += 1
+                if failures >= max_failures:
+                    raise
+                sleep(min(max_poll_s, poll_s * failures))
+
+    shown = 0
+    logs = ""
+    interval = poll_s
+    while True:
+        status = _status_name(poll(client.get_job_status))
+        logs = poll(client.get_job_logs) or ""  # fetched after the status: a terminal status has its full log
+        if len(logs) < shown:  # rotated or replaced: show it again from the start
+            shown = 0
+        if len(logs) > shown:
+            out.write(logs[shown:])
+            out.flush()
+            shown = len(logs)
+            interval = poll_s
+        else:
+            interval = min(max_poll_s, interval * 1.5)
+        if status in TERMINAL:
+            break
+        sleep(interval)
+    info = poll(client.get_job_info)
+    status = _status_name(getattr(info, "status", status))
+    if status == "SUCCEEDED":
+        print(f"djray: job {job_id} SUCCEEDED", file=err)
+        return EXIT_OK
+    code = getattr(info, "driver_exit_code", None)
+    summary = _error_summary(getattr(info, "message", None), logs)
+    print(f"djray: job {job_id} {status}" + (f" (exit code {code})" if code is not None else "") + f": {summary}",
+          file=err)
+    return EXIT_JOB_FAILED
+
+
+def submit_command(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`djray submit`: exit 0 submitted (or SUCCEEDED with --wait), 1 failed/unreachable, 2 before anything was sent."""
+    from djray.config import ConfigError
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        job = build_job(args.config, args.overrides, train=args.train, runtime_env_file=args.runtime_env)
+    except (ConfigError, SubmitError) as e:
+        print(f"djray: {e}", file=err)
+        return EXIT_CONFIG
+    except OSError as e:  # the temporary working directory could not be written
+        print(f"djray: cannot prepare the job's working directory: {e}", file=err)
+        return EXIT_CONFIG
+    try:
+        for note in job.notes:
+            print(f"djray: note: {note}", file=err)
+        try:
+            client = make_client(args.address)
+        except SubmitError as e:
+            print(f"djray: {e}", file=err)
+            return EXIT_CONFIG
+        except (OSError, RuntimeError, ValueError) as e:
+            print(f"djray: cannot reach the Ray job API at {args.address or '$RAY_ADDRESS'}: {_one_line(e)}", file=err)
+            return EXIT_JOB_FAILED
+        try:
+            job_id = client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env, metadata=job.metadata)
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            print(f"djray: the cluster refused the job: {_one_line(e)}", file=err)
+            return EXIT_JOB_FAILED
+    finally:
+        job.cleanup()  # the working directory was uploaded by submit_job
+
+    address = getattr(client, "get_address", lambda: args.address)() or args.address
+    print(job_id, file=out)
+    out.flush()
+    print(f"djray: submitted {job.kind} job {job_id} to {address}: {job.entrypoint}", file=err)
+    if not args.wait:
+        print(f"  follow: ray job logs --address {address} --follow {job_id}\n"
+              f"  status: ray job status --address {address} {job_id}\n"
+              f"  stop:   ray job stop --address {address} {job_id}", file=err)
+        return EXIT_OK
+    try:
+        return wait_for_job(client, job_id, out=out, err=err)
+    except KeyboardInterrupt:
+        print(f"\ndjray: stopped waiting; job {job_id} keeps running (stop it with: ray job stop --address {address} "
+              f"{job_id})", file=err)
+        return 130
+    except (OSError, RuntimeError) as e:
+        print(f"djray: lost the Ray job API while waiting for job {job_id}: {_one_line(e)} (the job may still be "
+              "running)", file=err)
+        return EXIT_JOB_FAILED
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0] if len(text) > 500 else " ".join(text.split())
