@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
-DEMO_SAMPLES ?= 1000
+DEMO_SAMPLES ?= 400
 
 .PHONY: install demo test test-fast bench clean
 

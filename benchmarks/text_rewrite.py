@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--fake-cost-ms", type=float, default=0.0, help="fake engine: milliseconds per request")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pipeline", action="store_true",
+                    help="also run the whole djray job (text_only, transformers) and compare its text phase")
     args = ap.parse_args(argv)
 
     captions, evidence = corpus(args.rows)
@@ -215,8 +217,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  outcome of one op pass: {dict(sorted(sources.items()))}  (random weights: gibberish falls back)"
           if args.engine == "transformers" else f"  outcome of one op pass: {dict(sorted(sources.items()))}")
     assert len(out[S.CAPTION]) == len(captions)
+    if args.pipeline and args.engine == "transformers":
+        pipeline_vs_bare(captions, model, engine, template, args)
     tmp.cleanup()
     return 0
+
+
+def pipeline_vs_bare(captions: list[str], model: str, engine: Any, template: Any, args: argparse.Namespace) -> None:
+    """The text phase of a real `djray run` (text_only: the correction prompt only, no vision) against the bare loop
+    over the same prompts and batch size. The phase includes reading the staged rows, the actor's model load and
+    writing the caption patches: everything the stage costs inside the job."""
+    import ray
+
+    from djray import pipeline
+    from djray.config import parse_config
+    from bench_corpus import write_caption_shards
+
+    work = tempfile.mkdtemp(prefix="djray-bench-text-job-")
+    write_caption_shards(os.path.join(work, "in"), captions, shards=2)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    cfg = parse_config({"input": {"path": os.path.join(work, "in"), "format": "webdataset"},
+                        "output": {"path": os.path.join(work, "out")},
+                        "text": {"mode": "text_only", "engine": "transformers", "model": model,
+                                 "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}})
+    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+    ray.shutdown()
+    text_s = manifest["run"]["phases_s"]["text_s"]
+    t0 = time.perf_counter()
+    for start in range(0, len(captions), args.batch_size):
+        engine.generate([build_messages(template, normalize(c), []) for c in captions[start:start + args.batch_size]])
+    bare_s = time.perf_counter() - t0
+    print(f"pipeline: djray text phase {text_s:.3f}s ({len(captions) / text_s:.1f} rows/s, model load included) vs "
+          f"bare loop {bare_s:.3f}s ({len(captions) / bare_s:.1f} rows/s): ratio {bare_s / text_s:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -313,9 +315,25 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
 def _collect(ds: ray.data.Dataset, todo: list[str], marker_path: Callable[[str], str], markers: dict[str, Any],
              fs: pafs.FileSystem, bar: Progress) -> int:
     """Consume staging summaries; write a shard's marker once all its rows are durable. Returns rows written."""
+    batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    try:
+        _consume(batches, marker_path, markers, fs, bar)
+    finally:
+        # Shut the streaming executor down now, also when a stage failed: its actor pools would otherwise hold their
+        # CPUs/GPUs until the iterator is garbage-collected, starving the next run in this process.
+        batches.close()
+    bar.close()
+    missing = [s for s in todo if s not in markers]
+    if missing:
+        raise JobError(f"{len(missing)} shard(s) did not stream completely, e.g. {missing[0]}")
+    return bar.rows
+
+
+def _consume(batches: Iterator[pa.Table], marker_path: Callable[[str], str], markers: dict[str, Any],
+             fs: pafs.FileSystem, bar: Progress) -> None:
     acc: dict[str, dict[str, Any]] = defaultdict(lambda: {"fragments": [], "rows": 0, "rows_in": None})
     rows = newly = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in batches:
         for rec in batch.to_pylist():
             a = acc[rec["src_shard"]]
             if rec["fragment"]:
@@ -330,11 +348,6 @@ def _collect(ds: ray.data.Dataset, todo: list[str], marker_path: Callable[[str],
                 markers[rec["src_shard"]] = marker
                 newly += 1
         bar.update(newly, rows)
-    bar.close()
-    missing = [s for s in todo if s not in markers]
-    if missing:
-        raise JobError(f"{len(missing)} shard(s) did not stream completely, e.g. {missing[0]}")
-    return rows
 
 
 def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool) -> int:

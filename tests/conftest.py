@@ -24,7 +24,9 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", object_store_memory=1 << 30)
+        # 4 logical CPUs on a 2-core machine: CPUs are scheduling tokens to Ray. The headroom keeps one test's actor
+        # pool, while Ray is still tearing it down after a failed run, from starving the next test's read tasks.
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", object_store_memory=1 << 30)
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()

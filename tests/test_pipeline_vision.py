@@ -386,6 +386,6 @@ def test_actor_pools_that_starve_the_local_instance_are_refused(ray_cluster, tmp
     cfg = parse_config({"input": {"path": str(tmp_path / "in"), "format": "webdataset"},
                         "output": {"path": str(tmp_path / "out")},
                         "vision": {"model": "test_vit", "weights": "random", "image_size": 160,
-                                   "resources": {"pool_size": 2, "num_cpus": 1}}})
-    with pytest.raises(ConfigError, match=r"vision\.resources: actor pools hold 2 of the 2 CPUs"):
+                                   "resources": {"pool_size": 4, "num_cpus": 1}}})
+    with pytest.raises(ConfigError, match=r"vision\.resources: actor pools hold 4 of the 4 CPUs"):
         pipeline.run(cfg, progress=False, log=lambda m: None)
