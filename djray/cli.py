@@ -1,4 +1,4 @@
-"""The `djray` command line: run, validate, submit, sample-data.
+"""The `djray` command line: run, validate, submit, sample-data, train, eval.
 
 Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
 1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream the job's logs until it ends; exit 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED")
     p.add_argument("--train", action="store_true", help="submit the training entrypoint (jobs/train.py) instead")
 
+    p = sub.add_parser("train", help="train CLIP on governed output (DeepSpeed; in process or Ray Train workers)",
+                       description="Train CLIP on the kept patches of governed output (docs/train.md). Exit 2 on a "
+                                   "configuration or data problem found before training; re-run to resume.")
+    _add_config_args(p)
+
+    p = sub.add_parser("eval", help="zero-shot and retrieval evaluation of a training checkpoint (full images)")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="output dir, its checkpoints/ dir (latest) or one checkpoints/step_* dir")
+
     p = sub.add_parser("sample-data", help="write a deterministic synthetic image-text corpus")
     p.add_argument("out", help="output directory")
     p.add_argument("--num-samples", type=int, required=True)
@@ -57,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval"):  # lazy: no pipeline, torch or DeepSpeed import for the other commands
+        from djray.train.run import eval_command, train_command
+
+        if args.command == "train":
+            return train_command(args.config, args.overrides)
+        return eval_command(args.config, args.checkpoint, args.overrides)
     from djray import pipeline
     from djray.config import ConfigError, load_config
 

@@ -399,13 +399,14 @@ def test_local_api_failed_job_exits_1_with_its_error(tmp_path, capsys, local_api
     assert not Path(local_api.submissions[0]["runtime_env"]["working_dir"]).exists()  # deleted after the upload
 
 
-def test_local_api_train_unavailable(tmp_path, capsys, local_api):
+def test_local_api_train_job_runs_the_trainer_entrypoint(tmp_path, capsys, local_api):
+    """The training job runs `djray train` on the cluster: a bad training config fails the job with its message."""
     cfg = tmp_path / "train.yaml"
     cfg.write_text("data: s3://bucket/governed/\n")
     rc = cli.main(["submit", "--train", str(cfg), "--address", "http://head:8265", "--wait"])
     cap = capsys.readouterr()
     assert rc == 1
-    assert "djray train is not available in this installation" in cap.out  # the job's log
+    assert "djray: invalid config" in cap.out  # the job's log
     assert "FAILED (exit code 2)" in cap.err
 
 

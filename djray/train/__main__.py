@@ -1,0 +1,5 @@
+import sys
+
+from djray.train import main
+
+sys.exit(main())
