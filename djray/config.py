@@ -157,7 +157,8 @@ def parse_config(raw: Any) -> JobConfig:
         raise ConfigError(_format_errors(e)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """A config file's YAML with `--set` overrides applied; ConfigError when unreadable or not YAML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -167,4 +168,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-    return parse_config(apply_overrides(raw, overrides or []))
+    return apply_overrides(raw, overrides or []) if isinstance(raw, dict) else raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    return parse_config(read_yaml(path, overrides))

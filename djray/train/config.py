@@ -10,10 +10,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from djray.config import ConfigError, _format_errors, apply_overrides
+from djray.config import ConfigError, _format_errors, read_yaml
 from djray.train.archs import ARCHS, ClipArch
 
 # DeepSpeed keys djray derives itself; setting them in deepspeed.config would silently disagree with train.*.
@@ -195,15 +194,4 @@ def parse_train_config(raw: Any) -> TrainConfig:
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("invalid config: the top level must be a mapping with at least `data`, `train`, `output`")
-    return parse_train_config(apply_overrides(raw, overrides or []))
+    return parse_train_config(read_yaml(path, overrides))
