@@ -10,9 +10,10 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from djray.config import ConfigError, _format_errors, read_yaml
+from djray.config import ConfigError, Section, StorageConfig, _format_errors, read_yaml
+from djray.ops.base import check_templates
 from djray.train.archs import ARCHS, ClipArch
 
 # DeepSpeed keys djray derives itself; setting them in deepspeed.config would silently disagree with train.*.
@@ -25,10 +26,6 @@ _DERIVED_DS_KEYS = {
     "bf16": "train.precision",
 }
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class DataConfig(Section):
@@ -45,11 +42,6 @@ class DataConfig(Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
-
-
-class StorageConfig(Section):
-    endpoint_url: str | None = None
-    region: str | None = None
 
 
 class ModelConfig(Section):
@@ -137,12 +129,7 @@ class ClassificationEval(Section):
     @field_validator("templates")
     @classmethod
     def _templates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("at least one prompt template is needed")
-        for t in v:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder for the label")
-        return v
+        return check_templates(v)
 
 
 class RetrievalEval(Section):

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from djray.models import weights as W
-from djray.ops.base import Params
+from djray.ops.base import Params, check_templates
 
 AGGREGATION_RE = re.compile(r"^(mean_prob|mean_logit|max_prob|head:\d+)$")
 DEFAULT_TEMPLATES = (
@@ -57,12 +57,7 @@ class HeadParams(Params):
     @field_validator("templates")
     @classmethod
     def _templates(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if not v:
-            raise ValueError("at least one prompt template is needed")
-        for t in v:
-            if t.count("{}") != 1:
-                raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder for the label")
-        return v
+        return check_templates(v)
 
     @model_validator(mode="after")
     def _labels_needed(self) -> HeadParams:
