@@ -2,37 +2,36 @@
 
 What is compared (same corpus, same CPUs, same model and precision, measured in this one run):
 
-* bare loop — one Python process, torch's default thread count (all cores): read each tar, decode every image with
-  PIL (`open_image`, the same checks), apply the caption/min-side policy, take the canonical crop, and every
-  `--batch-size` crops run ONE DINO forward (`forward_dino`: CLS→patch logits in fp32, the rest under autocast),
-  aggregate the heads into patch scores, pick top-k patches (`select_patches`), keep the [CLS] embedding, and write
-  one Parquet file of kept rows (scores, indices, embedding, image bytes) per shard. Building the model is included.
-* djray — `pipeline.run` of the equivalent config (`vision:` with `weights: random`): read tasks, decode (+ crop)
-  fused by Ray Data into the vision actor(s) (`MapBatches(_run_op_task)->…->MapBatches(_OpActor)`), staging,
-  duplicate-key pass, per-shard final write and manifest. Actor start-up and model build are included; `ray.init`
-  (~3 s, once per cluster) is not.
+* bare loop — a fresh Python process (`--bare-child`), torch's default thread count (all cores): imports torch and
+  timm, builds the model, reads each tar, decodes every image with PIL (`open_image`, the same checks), applies the
+  caption/min-side policy, takes the canonical crop, and every `--batch-size` crops runs ONE DINO forward
+  (`forward_dino`: CLS→patch logits in fp32, the rest at the chosen precision), aggregates the heads into patch
+  scores, picks top-k patches (`select_patches`), keeps the [CLS] embedding, and writes one Parquet file of kept rows
+  (scores, indices, embedding, image bytes) per shard. Timed from spawn to exit; its own breakdown says how much of
+  that was interpreter start + imports + model build.
+* djray — `pipeline.run` of the equivalent config (`vision:` with `weights: random`) on a running local Ray instance:
+  read tasks (read + decode + crop fused), the vision actor pool, staging, duplicate-key pass, per-shard final write
+  and manifest. The actors' process start, imports and model build are inside the timing. `ray.init` and Ray Data's
+  once-per-cluster actors (created by a warm-up dataset) are not: a cluster pays them once, not per job.
 
-The ratio djray / bare is printed (≥ 1.0 means djray is as fast as the hand-written loop), plus the manifest's phase
-timings, when the last vision actor had its model built, and the bare loop's own breakdown (decode, forward, rest) to
-show what limits throughput. Each side runs `--repeats` times, interleaved; the best time of each side counts (the
-machine may be shared). `ray.init` is excluded; torch/timm are imported before the bare loop is timed, while djray's
-actors pay their process start, imports and model build (~6-8 s here) inside the timing.
+Three ratios djray / bare are printed (≥ 1.0: djray is as fast as the hand-written loop):
 
-Resources: inside a `num_cpus=1` actor Ray pins torch to ONE thread, so one actor uses one core, and the bare loop
-uses torch's default (all cores). `pool_size` = number of CPUs with `num_cpus: 1` each takes every CPU of the local
-instance and the read / staging tasks (1 CPU each) never get scheduled: the run hangs. The default here is therefore
-`num_cpus = min(1, (cpus-1)/pool_size)`: 2 actors × 0.5 CPU on 2 CPUs (each still one torch thread). With num_cpus
-≠ 1 Ray Data no longer fuses decode into the actor (`--cpus 3 --vision-cpus 1` keeps the fusion by over-committing
-logical CPUs; it was slower here).
+1. whole runs — each side pays its own start-up (bare: interpreter + imports + model; djray: actor processes);
+2. conservative — the bare loop alone (its timed read/decode/forward/write parts; interpreter start, imports and
+   model build removed), djray with its actors' start-up;
+3. steady state — both without start-up: djray after its last vision actor was ready, the bare loop alone.
 
-Measured on the 2-core project machine (shared, noisy; bf16, 256 images, 4 shards, batch 32): model alone 7.3 img/s
-at 1 thread, 12.8-14.8 at 2 threads; bare loop 10-13 img/s, 92 % of it the forward (decode ~5 %); djray 2 actors ×
-0.5 CPU: ratio 0.70-0.92, 0.89-1.25 once the actors are up; 1 actor × 1 CPU: 0.48-0.65 (one torch thread); 2 × 1 CPU:
-hangs. The model bounds both sides (2 one-thread actors ≈ one two-thread loop), so djray's fixed actor start-up and
-the tail of whole-shard blocks decide the ratio; more images per run amortise them.
+It also prints where djray's CPU time went (vision actors, task workers, Ray's own processes, the driver; sampled from
+/proc) next to the bare process's CPU time, and the model alone at 1 thread and at all threads, fp32 and bf16 (on CPUs
+without AMX, bf16 autocast is slower than fp32: choose `vision.precision` by measuring here).
 
-    python benchmarks/vision_throughput.py [--samples 256] [--shards 4] [--pool-size 1 2] [--batch-size 16 32]
-                                           [--precision bf16] [--vision-cpus X] [--repeats 2] [--cpus N]
+Resources: inside a `num_cpus=1` actor Ray pins torch to ONE thread, so one actor uses one core. `pool_size` = number
+of CPUs with `num_cpus: 1` each takes every CPU of the local instance and the read / staging tasks never get
+scheduled (djray refuses such a config). The default here is `num_cpus = min(1, (cpus-1)/pool_size)`: 2 actors ×
+0.5 CPU on 2 CPUs (each still one torch thread).
+
+    python benchmarks/vision_throughput.py [--samples 1000] [--shards 8] [--pool-size 1 2] [--batch-size 16 32]
+                                           [--precision fp32|bf16] [--repeats 2] [--cpus N] [--no-probe]
 """
 
 from __future__ import annotations
@@ -70,14 +69,17 @@ def _read_tar(shard: Path) -> list[tuple[str, bytes | None, str]]:
 def bare_loop(corpus: Path, out: Path, model_name: str, image_size: int, precision: str, batch_size: int,
               ratio: float, max_pixels: int = 89_478_485, min_side: int = 32) -> tuple[int, int, dict[str, float]]:
     """The hand-written single-process equivalent. Returns (rows read, rows scored, seconds per part)."""
+    t: dict[str, float] = dict.fromkeys(("imports", "model", "read", "decode", "forward", "post", "write"), 0.0)
+    t0 = time.perf_counter()
     import torch
 
     from djray.geometry import ImageRejected, canonical_crop, open_image
-    from djray.models.dino import build_dino, forward_dino
+    from djray.models.dino import _import_timm, build_dino, forward_dino
     from djray.ops.vision.dino_patch import aggregate_heads
     from djray.ops.vision.select import select_patches
 
-    t: dict[str, float] = dict.fromkeys(("model", "read", "decode", "forward", "post", "write"), 0.0)
+    _import_timm()
+    t["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, desc = build_dino(model_name, "random", image_size)
     mean = torch.tensor(desc["mean"]).view(1, 3, 1, 1)
@@ -149,6 +151,93 @@ def forward_rate(model_name: str, image_size: int, precision: str, batch_size: i
         torch.set_num_threads(before)
 
 
+def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int) -> dict:
+    """The bare loop in a fresh interpreter, timed from spawn to exit (start-up included)."""
+    import json
+    import subprocess
+
+    spec = {"corpus": str(corpus), "out": str(out), "model": args.model, "image_size": args.image_size,
+            "precision": args.precision, "batch": batch}
+    before = os.times()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--bare-child", json.dumps(spec)], capture_output=True,
+                          text=True, check=True)
+    wall = time.perf_counter() - t0
+    after = os.times()
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    result["cpu_s"] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return result
+
+
+def bare_child(spec_json: str) -> int:
+    import json
+
+    spec = json.loads(spec_json)
+    rows, scored, parts = bare_loop(Path(spec["corpus"]), Path(spec["out"]), spec["model"], spec["image_size"],
+                                    spec["precision"], spec["batch"], 0.5)
+    print(json.dumps({"rows": rows, "scored": scored, "parts": parts}))
+    return 0
+
+
+# ---- where djray's CPU time goes --------------------------------------------------------------------------------
+
+_ROLES = (("vision actors", ("MapWorker(",)),
+          ("Ray Data's own actors", ("_StatsActor", "Autoscaling", "SplitCoordinator")),
+          ("task workers (read/decode/stage/dedup/write)", ("ray::",)),
+          ("Ray system (raylet, GCS, agents)", ("raylet", "gcs_server", "dashboard", "agent", "log_monitor")))
+
+
+def _role(cmdline: str) -> str | None:
+    for role, needles in _ROLES:
+        if any(n in cmdline for n in needles):
+            return role
+    return None
+
+
+class CpuSampler:
+    """Samples utime+stime of every Ray process from /proc every `period` s; a process that exits keeps its last
+    sample (≤ one period lost). Linux only; elsewhere it reports nothing."""
+
+    def __init__(self, period: float = 0.25):
+        import threading
+
+        self.period, self.seen, self.base = period, {}, {}
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._stop = threading.Event()
+        self.base = self._snapshot()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            role = _role(cmd)
+            if role is not None and pid != os.getpid():
+                out[pid] = (role, (int(fields[11]) + int(fields[12])) / self.tick)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.seen.update(self._snapshot())
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self.seen.update(self._snapshot())
+        totals: dict[str, float] = {}
+        for pid, (role, cpu) in self.seen.items():
+            totals[role] = totals.get(role, 0.0) + cpu - self.base.get(pid, (role, 0.0))[1]
+        return totals
+
+
 class _Timeout(Exception):
     pass
 
@@ -157,117 +246,130 @@ def _alarm(signum, frame):  # noqa: ARG001
     raise _Timeout()
 
 
+def run_djray(corpus: Path, out: Path, args: argparse.Namespace, batch: int, pool: int, vcpus: float) -> dict:
+    from djray import pipeline
+    from djray.config import parse_config
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = parse_config({
+        "input": {"path": str(corpus), "format": "webdataset", "rows_per_block": args.rows_per_block or batch},
+        "output": {"path": str(out)},
+        "vision": {"model": args.model, "weights": "random", "image_size": args.image_size,
+                   "precision": args.precision, "batch_size": batch, "ratio": 0.5, "strategy": "topk",
+                   "resources": {"pool_size": pool, "num_cpus": vcpus}}})
+    sampler = CpuSampler()
+    before = os.times()
+    t0 = time.perf_counter()
+    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+    wall = time.perf_counter() - t0
+    after = os.times()
+    cpu = sampler.stop()
+    cpu["driver"] = (after.user - before.user) + (after.system - before.system)
+    record = out / "_djray" / "models" / "dino_patch.json"  # written by each actor once its model is built
+    return {"wall_s": wall, "ready_s": record.stat().st_mtime - (time.time() - wall), "manifest": manifest,
+            "cpu": cpu}
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare-child":
+        return bare_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=256, help="images in the corpus (≥ 200 for stable timing)")
-    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=1000, help="images in the corpus")
+    ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--pool-size", type=int, nargs="+", default=None,
                     help="vision actors (one or more values to compare; default: the number of CPUs)")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[32], help="images per forward (one or more)")
     ap.add_argument("--vision-cpus", type=float, default=None,
                     help="vision.resources.num_cpus per actor (default: min(1, (cpus-1)/pool_size), so one CPU stays "
-                         "free for the read and staging tasks; pool_size x 1 CPU = all CPUs starves them and hangs)")
+                         "free for the read and staging tasks)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the best time of each side counts")
-    ap.add_argument("--rows-per-block", type=int, default=None,
-                    help="input.rows_per_block (default: the batch size)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--rows-per-block", type=int, default=None, help="input.rows_per_block (default: the batch size)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--model", default="vit_small_patch16_224.dino")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
-    ap.add_argument("--timeout", type=int, default=600, help="seconds before a djray run counts as hung")
-    ap.add_argument("--no-probe", action="store_true", help="skip the model-only 1-thread/N-thread probe")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds before a djray run counts as hung")
+    ap.add_argument("--no-probe", action="store_true", help="skip the model-only thread/precision probe")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     pools = args.pool_size or [args.cpus]
 
     import ray
-    import torch
 
-    from djray import pipeline
-    from djray._compat import patch_torchvision
-    from djray.config import parse_config
     from djray.sample_data import write_sample_corpus
-
-    patch_torchvision()
-    import timm  # noqa: F401 - warm: the bare loop is timed without its imports (conservative for djray)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="djray-vbench-"))
     corpus = work / f"corpus-{args.samples}-{args.shards}"
     if not corpus.exists():
         write_sample_corpus(str(corpus), args.samples, args.shards, "webdataset", seed=0)
-
     print(f"corpus: {args.samples} images, {args.shards} shards; {args.cpus} CPUs; model {args.model} "
-          f"({args.image_size}px, weights random, {args.precision}); bare loop torch threads: "
-          f"{torch.get_num_threads()}")
+          f"({args.image_size}px, weights random, {args.precision})")
     if not args.no_probe:
-        b = args.batch_size[0]
-        r1 = forward_rate(args.model, args.image_size, args.precision, b, 1)
-        rn = forward_rate(args.model, args.image_size, args.precision, b, torch.get_num_threads())
-        print(f"model only (forward+scores, batch {b}): {r1:6.1f} img/s at 1 thread, {rn:6.1f} img/s at "
-              f"{torch.get_num_threads()} threads")
+        import torch
+
+        b, n = args.batch_size[0], torch.get_num_threads()
+        for precision in ("fp32", "bf16"):
+            r1 = forward_rate(args.model, args.image_size, precision, b, 1)
+            rn = forward_rate(args.model, args.image_size, precision, b, n)
+            print(f"model only ({precision}, forward+scores, batch {b}): {r1:6.1f} img/s at 1 thread, {rn:6.1f} "
+                  f"img/s at {n} threads")
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.data.range(8).materialize()  # Ray Data's once-per-cluster actors, like ray.init: not part of a job
     signal.signal(signal.SIGALRM, _alarm)
-    best: dict[tuple[int, int], float] = {}
+    summary: list[str] = []
     for batch in args.batch_size:
-        bare_times: list[float] = []
-        djray_times: dict[int, list[float]] = {p: [] for p in pools}
-        ready_times: dict[int, list[float]] = {p: [] for p in pools}
-        for rep in range(args.repeats):  # interleaved, best-of: this machine may be shared with other work
-            t0 = time.perf_counter()
-            rows, scored, parts = bare_loop(corpus, work / "bare", args.model, args.image_size, args.precision,
-                                            batch, 0.5)
-            bare_times.append(time.perf_counter() - t0)
-            print(f"\nbatch {batch} run {rep + 1}: bare single-process loop   : {rows / bare_times[-1]:6.1f} img/s "
-                  f"({bare_times[-1]:.2f}s, {scored} scored; " + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items())
-                  + f"; load avg {os.getloadavg()[0]:.1f})")
+        bares: list[dict] = []
+        runs: dict[int, list[dict]] = {p: [] for p in pools}
+        for rep in range(args.repeats):  # interleaved, best-of: the machine may be shared with other work
+            bare = run_bare(corpus, work / "bare", args, batch)
+            bares.append(bare)
+            parts = bare["parts"]
+            print(f"\nbatch {batch} run {rep + 1}: bare process: {bare['rows'] / bare['wall_s']:6.1f} img/s "
+                  f"({bare['wall_s']:.2f}s wall, {bare['cpu_s']:.1f}s CPU, {bare['scored']} scored; "
+                  + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items()) + f"; load avg {os.getloadavg()[0]:.1f})")
             for pool in pools:
                 vcpus = args.vision_cpus or min(1.0, (args.cpus - 1) / pool)
-                out = work / "djray"
-                shutil.rmtree(out, ignore_errors=True)
-                cfg = parse_config({
-                    "input": {"path": str(corpus), "format": "webdataset",
-                              "rows_per_block": args.rows_per_block or batch},
-                    "output": {"path": str(out)},
-                    "vision": {"model": args.model, "weights": "random", "image_size": args.image_size,
-                               "precision": args.precision, "batch_size": batch, "ratio": 0.5, "strategy": "topk",
-                               "resources": {"pool_size": pool, "num_cpus": vcpus}}})
                 signal.alarm(args.timeout)
-                t0 = time.perf_counter()
                 try:
-                    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+                    run = run_djray(corpus, work / "djray", args, batch, pool, vcpus)
                 except _Timeout:
-                    print(f"batch {batch} run {rep + 1}: djray pool_size {pool} x {vcpus:g} CPU: TIMEOUT after "
-                          f"{args.timeout}s (hung: CPU starvation?)")
-                    ray.shutdown()  # the hung dataset would keep holding the CPUs: start a clean instance
-                    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                    print(f"batch {batch} run {rep + 1}: djray pool {pool} x {vcpus:g} CPU: TIMEOUT after "
+                          f"{args.timeout}s")
                     continue
                 finally:
                     signal.alarm(0)
-                djray_s = time.perf_counter() - t0
-                record = out / "_djray" / "models" / "dino_patch.json"  # written by each actor once its model is built
-                ready_s = record.stat().st_mtime - (time.time() - djray_s)
-                djray_times[pool].append(djray_s)
-                ready_times[pool].append(ready_s)
-                assert manifest["rows_in"] == rows and manifest["rows_kept"] == scored, (manifest["rows_in"], rows)
-                phases = manifest["run"]["phases_s"]
-                print(f"batch {batch} run {rep + 1}: djray, pool_size {pool} x {vcpus:g} CPU: "
-                      f"{rows / djray_s:6.1f} img/s ({djray_s:.2f}s; phases {phases}; "
-                      f"last actor ready at {ready_s:.1f}s; load avg {os.getloadavg()[0]:.1f})")
-        bare_s = min(bare_times)
-        for pool, times in djray_times.items():
-            if times:
-                best[(batch, pool)] = bare_s / min(times)
-                print(f"batch {batch}: ratio djray / bare, pool_size {pool} (best of {len(times)} vs best of "
-                      f"{len(bare_times)}): {best[(batch, pool)]:.2f}   [{rows / bare_s:.1f} vs "
-                      f"{rows / min(times):.1f} img/s]")
-                i = times.index(min(times))
-                print(f"batch {batch}: same, after the vision actors are up (start-up {ready_times[pool][i]:.1f}s "
-                      f"excluded from djray only): {bare_s / (times[i] - ready_times[pool][i]):.2f}")
+                m = run["manifest"]
+                assert m["rows_in"] == bare["rows"] and m["rows_kept"] == bare["scored"], (m["rows_in"], bare)
+                run["pool"], run["vcpus"] = pool, vcpus
+                runs[pool].append(run)
+                cpu = run["cpu"]
+                print(f"batch {batch} run {rep + 1}: djray, pool {pool} x {vcpus:g} CPU: "
+                      f"{m['rows_in'] / run['wall_s']:6.1f} img/s ({run['wall_s']:.2f}s wall, "
+                      f"{sum(cpu.values()):.1f}s CPU; last vision actor ready at {run['ready_s']:.1f}s; phases "
+                      f"{m['run']['phases_s']}; load avg {os.getloadavg()[0]:.1f})")
+                print("    djray CPU by role: " + ", ".join(f"{k} {v:.1f}s" for k, v in
+                                                             sorted(cpu.items(), key=lambda kv: -kv[1])))
+        bare = min(bares, key=lambda b: b["wall_s"])
+        rows = bare["rows"]
+        loop_s = sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
+        startup = bare["wall_s"] - loop_s  # interpreter start, imports, model build: everything outside the loop
+        for pool, rs in runs.items():
+            if not rs:
+                continue
+            run = min(rs, key=lambda r: r["wall_s"])
+            whole = bare["wall_s"] / run["wall_s"]
+            conservative = loop_s / run["wall_s"]
+            steady = loop_s / (run["wall_s"] - run["ready_s"])
+            line = (f"batch {batch}, pool {pool} x {run['vcpus']:g} CPU (best of {len(rs)} vs best of {len(bares)}): "
+                    f"djray / bare = {whole:.2f} whole runs [{rows / bare['wall_s']:.1f} vs "
+                    f"{rows / run['wall_s']:.1f} img/s]; {conservative:.2f} with the bare loop's start-up "
+                    f"({startup:.1f}s) removed; {steady:.2f} steady state (djray's first {run['ready_s']:.1f}s "
+                    f"removed too)")
+            print("\n" + line)
+            summary.append(line)
     ray.shutdown()
-    if best:
-        (batch, pool), ratio = max(best.items(), key=lambda kv: kv[1])
-        print(f"\nbest: batch {batch}, pool_size {pool}: ratio djray / bare {ratio:.2f}")
+    print("\nsummary:\n" + "\n".join(summary))
     return 0
 
 

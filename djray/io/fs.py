@@ -14,11 +14,12 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from djray.models.weights import s3_filesystem  # one S3 builder for data and weights (models import no io)
 
 SHARD_SUFFIXES = {"webdataset": (".tar", ".tar.gz", ".tgz"), "parquet": (".parquet",)}
 
@@ -31,16 +32,7 @@ class Storage:
     region: str | None = None
 
     def s3(self) -> pafs.S3FileSystem:
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        kwargs: dict[str, Any] = {}
-        if endpoint:
-            parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-            kwargs["endpoint_override"] = parsed.netloc
-            kwargs["scheme"] = parsed.scheme or "https"
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs)
+        return s3_filesystem(self.endpoint_url, self.region)
 
 
 def is_s3(uri: str) -> bool:
