@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="validate here, then run the job on a Ray cluster (Ray Job Submission API)",
                        description="Validate CONFIG here (no data is read), then submit it to a Ray cluster as a job "
-                                   "running `python jobs/govern.py` (or jobs/train.py with --train) on the resolved "
+                                   "running `python -m djray.jobs.govern` (djray.jobs.train with --train) on the resolved "
                                    "config. Prints the job's submission id. See docs/cluster.md.")
     _add_config_args(p)
     p.add_argument("--address", default=None, metavar="URL",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON runtime environment merged into the job's (pip, py_modules, env_vars, ...)")
     p.add_argument("--wait", action="store_true",
                    help="stream the job's logs until it ends; exit 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED")
-    p.add_argument("--train", action="store_true", help="submit the training entrypoint (jobs/train.py) instead")
+    p.add_argument("--train", action="store_true", help="submit the training entrypoint (djray.jobs.train) instead")
 
     p = sub.add_parser("train", help="train CLIP on governed output (DeepSpeed; in process or Ray Train workers)",
                        description="Train CLIP on the kept patches of governed output (docs/train.md). Exit 2 on a "

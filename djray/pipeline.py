@@ -33,7 +33,7 @@ from djray import schema as S
 from djray.config import ConfigError, JobConfig, config_sha256
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
-from djray.io.writer import Layout, finalize_shard, footer_metadata
+from djray.io.writer import Layout, finalize_shard_at, footer_metadata
 from djray.ops.base import Op
 from djray.ops.caption_check import CaptionCheckOp
 from djray.ops.decode import DecodeOp, DecodeParams
@@ -377,18 +377,10 @@ def _patch(plan: Plan, todo: list[str], staged: dict[str, Any], duplicates: dict
     return _collect(ds, todo, layout.patched_marker, patched, fs, Progress("text", len(todo), enabled=progress))
 
 
-def _finalize_task(output_uri: str, storage: iofs.Storage, src_shard: str, staged: dict[str, Any],
-                   duplicates: dict[int, str], patched: dict[str, Any] | None, vision: bool,
-                   footer: dict[bytes, bytes], compression: str) -> dict[str, Any]:
-    fs, root = iofs.resolve(output_uri, storage)
-    return finalize_shard(fs, Layout(root), src_shard, staged, duplicates, vision=vision, footer=footer,
-                          compression=compression, patched=patched)
-
-
 def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates: dict[str, dict[int, str]],
               patched: dict[str, Any] | None, done: dict[str, Any], progress: bool) -> None:
     """Phase C2: one task per shard writes its final data/ and rejects/ files; the driver marks it done."""
-    task = ray.remote(num_cpus=1, max_retries=2)(_finalize_task)
+    task = ray.remote(num_cpus=1, max_retries=2)(finalize_shard_at)
     footer = plan.footer()
     bar = Progress("write", len(pending), enabled=progress)
     queue = list(pending)

@@ -5,11 +5,11 @@
 What is submitted:
 
 - **The resolved config travels in the job's working directory.** `djray submit` writes the config with every `--set`
-  applied to `djray-job.yaml` in a fresh temporary directory, next to copies of `jobs/govern.py` and
-  `jobs/train.py`, and submits that directory as the runtime environment's `working_dir` (Ray uploads it once, at
-  submission). The entrypoint is `python jobs/govern.py djray-job.yaml` (or `jobs/train.py` with `--train`): the same
-  code as `djray run` (see `jobs/`). Relative paths in the config resolve against that working directory on the
-  cluster, so configs for clusters should use `s3://` URIs (or absolute paths on a filesystem every node mounts).
+  applied to `djray-job.yaml` in a fresh temporary directory and submits that directory as the runtime environment's
+  `working_dir` (Ray uploads it once, at submission). The entrypoint is `python -m djray.jobs.govern djray-job.yaml`
+  (or `djray.jobs.train` with `--train`): the same code as `djray run` (see `djray/jobs/`). Relative paths in the
+  config resolve against that working directory on the cluster, so configs for clusters should use `s3://` URIs (or
+  absolute paths on a filesystem every node mounts).
 - **`ray.address` is cleared** in the submitted config: a submitted job attaches to the cluster it runs on.
 - **`--runtime-env FILE`** (YAML or JSON) is merged in: `pip`, `py_modules`, `env_vars`, `excludes`, a local
   `working_dir` (its files are copied under the job's working directory; a remote one is refused, since the config has
@@ -49,7 +49,7 @@ import yaml
 EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG = 0, 1, 2
 
 CONFIG_NAME = "djray-job.yaml"
-ENTRYPOINT_SCRIPTS = {"govern": "jobs/govern.py", "train": "jobs/train.py"}
+ENTRYPOINT_MODULES = {"govern": "djray.jobs.govern", "train": "djray.jobs.train"}
 # Never sent in a runtime environment (it is stored by the cluster and shown in its dashboard).
 CREDENTIAL_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"})
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -58,74 +58,6 @@ _FAILED_LOGS_MARKER = ", last available logs"
 
 class SubmitError(Exception):
     """A problem found before anything is sent to the cluster (exit 2)."""
-
-
-# ---- the entrypoint scripts ----------------------------------------------------------------------------------------
-# `jobs/govern.py` and `jobs/train.py` of the source tree are the entrypoints. When djray is installed from a wheel
-# (no source tree next to the package), these copies are written instead; tests/test_cluster_files.py checks that
-# they are identical to the files in jobs/.
-
-GOVERN_PY = '''\
-"""Ray job entrypoint: govern a corpus, exactly like `djray run CONFIG [--set k=v ...]`.
-
-    python jobs/govern.py CONFIG [--set dotted.key=value ...] [--no-progress]
-
-On a cluster the job driver attaches to the cluster it runs on (Ray sets RAY_ADDRESS for submitted jobs). Exit codes
-are those of `djray run`: 0 completed, 2 configuration error (before any work), 1 the job failed (re-run to resume).
-"""
-
-import sys
-
-from djray.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
-'''
-
-TRAIN_PY = '''\
-"""Ray job entrypoint: train on governed data, like `djray train CONFIG [--set k=v ...]`.
-
-    python jobs/train.py CONFIG [--set dotted.key=value ...]
-
-Calls `djray.train.main(argv)` (or runs `python -m djray.train` when the module has no `main`). Installations without
-the training extra have no `djray.train`: the job then exits 2 with one message and does no work.
-"""
-
-import importlib
-import importlib.util
-import runpy
-import sys
-
-UNAVAILABLE = "djray train is not available in this installation"
-
-
-def main(argv):
-    try:
-        found = importlib.util.find_spec("djray.train") is not None
-    except ImportError:  # djray itself is missing
-        found = False
-    if not found:
-        print(f"{UNAVAILABLE} (this djray has no djray.train module)",
-              file=sys.stderr)
-        return 2
-    try:
-        train = importlib.import_module("djray.train")
-    except ImportError as e:
-        print(f"{UNAVAILABLE} (importing djray.train failed: {e})", file=sys.stderr)
-        return 2
-    entry = getattr(train, "main", None)
-    if callable(entry):
-        return entry(list(argv))
-    sys.argv = ["djray.train", *argv]
-    runpy.run_module("djray.train", run_name="__main__", alter_sys=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-'''
-
-ENTRYPOINT_SOURCES = {"govern": GOVERN_PY, "train": TRAIN_PY}
 
 
 # ---- building the job ------------------------------------------------------------------------------------------------
@@ -311,11 +243,6 @@ def build_job(config: str, overrides: list[str], *, train: bool = False, runtime
                   + (f" with --set {' --set '.join(overrides)}" if overrides else "") + ".")
         header = " ".join(header.split()) + "\n"  # one comment line whatever the overrides contain
         (workdir / CONFIG_NAME).write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        (workdir / "jobs").mkdir(exist_ok=True)
-        for name, rel in ENTRYPOINT_SCRIPTS.items():
-            src = checkout / rel if checkout is not None else None
-            text = src.read_text(encoding="utf-8") if src is not None and src.is_file() else ENTRYPOINT_SOURCES[name]
-            (workdir / rel).write_text(text, encoding="utf-8")
         env["working_dir"] = str(workdir)
         env["env_vars"] = env_vars
         _validate_runtime_env(env, runtime_env_file)
@@ -323,7 +250,7 @@ def build_job(config: str, overrides: list[str], *, train: bool = False, runtime
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     metadata["djray_version"] = __version__
-    entrypoint = f"python {ENTRYPOINT_SCRIPTS[kind]} {CONFIG_NAME}"
+    entrypoint = f"python -m {ENTRYPOINT_MODULES[kind]} {CONFIG_NAME}"
     return JobSpec(kind=kind, entrypoint=entrypoint, runtime_env=env, metadata=metadata, workdir=workdir, notes=notes)
 
 

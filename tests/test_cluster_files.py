@@ -203,10 +203,10 @@ def test_images_named_in_cluster_files_have_a_dockerfile_and_the_package_version
         assert f"djray:{VERSION}-{kind}" in dockerfile.read_text(), dockerfile
 
 
-def test_job_entrypoints_are_the_ones_submit_ships():
-    for name, rel in submit.ENTRYPOINT_SCRIPTS.items():
-        assert (REPO / rel).read_text() == submit.ENTRYPOINT_SOURCES[name], (
-            f"{rel} and djray/submit.py's copy differ: update both")
+def test_repository_job_scripts_call_the_package_entrypoints():
+    for name, module in submit.ENTRYPOINT_MODULES.items():
+        text = (REPO / "jobs" / f"{name}.py").read_text()
+        assert f"from {module} import main" in text, f"jobs/{name}.py must call {module}"
 
 
 # ---- Dockerfiles ---------------------------------------------------------------------------------------------------------

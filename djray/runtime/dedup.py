@@ -26,6 +26,7 @@ from djray import schema as S
 
 _COLUMNS = [S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.SHARD_ORDER, S.REJECT_REASON]
 ROWS_PER_PARTITION = 2_000_000  # a reduce task holds about this many keys
+ROWS_PER_MAP_TASK = 500_000  # a map task reads the key columns of about this many rows (a small job: one task)
 MAX_MAP_TASKS = 256
 
 
@@ -64,12 +65,19 @@ def _reduce(*parts: pa.Table) -> pa.Table:
     return losers(pa.concat_tables(parts))
 
 
-def find_duplicate_keys(fragments: list[str], fs: pafs.FileSystem, total_rows: int = 0) -> dict[str, dict[int, str]]:
-    """Return {src_shard: {src_index: detail}} for every row that repeats an earlier key."""
+def find_duplicate_keys(fragments: list[str], fs: pafs.FileSystem, total_rows: int = 0,
+                        rows_per_map_task: int = ROWS_PER_MAP_TASK,
+                        rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, dict[int, str]]:
+    """Return {src_shard: {src_index: detail}} for every row that repeats an earlier key.
+
+    Map tasks are sized by rows, not by fragments: a small job runs one map and one reduce task in a worker that is
+    already up, instead of starting worker processes for a handful of tiny files.
+    """
     if not fragments:
         return {}
-    parts = max(1, min(256, total_rows // ROWS_PER_PARTITION + 1))
-    groups = [fragments[i::MAX_MAP_TASKS] for i in range(min(MAX_MAP_TASKS, len(fragments)))]
+    parts = max(1, min(256, total_rows // rows_per_partition + 1))
+    n_maps = max(1, min(MAX_MAP_TASKS, len(fragments), -(-total_rows // rows_per_map_task)))
+    groups = [fragments[i::n_maps] for i in range(n_maps)]
     map_task = ray.remote(num_cpus=1)(_partition).options(num_returns=parts)
     mapped = [map_task.remote(g, fs, parts) for g in groups]
     if parts == 1:

@@ -4,7 +4,7 @@ Importing this package is cheap (no torch, no DeepSpeed): the heavy modules load
 
     djray train CONFIG [--set k=v ...]
     djray eval CONFIG --checkpoint PATH [--set k=v ...]
-    python -m djray.train CONFIG [--set k=v ...]        # = djray train; jobs/train.py calls main()
+    python -m djray.train CONFIG [--set k=v ...]        # = djray train; djray.jobs.train calls main()
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def eval_command(config: str, checkpoint: str, overrides: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m djray.train CONFIG [--set k=v ...]` (also what jobs/train.py and the deepspeed launcher call).
+    """`python -m djray.train CONFIG [--set k=v ...]` (also what djray.jobs.train and the deepspeed launcher call).
     `python -m djray.train eval CONFIG --checkpoint PATH` evaluates."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "eval":

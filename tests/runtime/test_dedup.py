@@ -7,7 +7,7 @@ import random
 import pyarrow as pa
 
 from djray import schema as S
-from djray.runtime.dedup import losers
+from djray.runtime.dedup import find_duplicate_keys, losers
 
 
 def _brute(rows):
@@ -36,6 +36,33 @@ def test_losers_match_brute_force_on_random_keys():
                                            got["detail"].to_pylist())}
     assert result == _brute(rows)
     assert len(result) > 100  # the case is not trivial
+
+
+def test_map_reduce_over_many_tasks_and_partitions_matches_brute_force(ray_cluster, tmp_path):
+    """The distributed path (several map tasks, several hash partitions) gives the same losers as one pass."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    rng = random.Random(11)
+    rows, fragments = [], []
+    for order in range(6):
+        shard = f"s{order}.tar"
+        for part in range(2):  # two staged fragments per shard
+            chunk = [(f"k{rng.randrange(150)}", shard, order, part * 50 + i) for i in range(50)]
+            rows += chunk
+            path = str(tmp_path / f"{order}-{part}.parquet")
+            pq.write_table(pa.table({S.KEY: [r[0] for r in chunk], S.SRC_SHARD: [r[1] for r in chunk],
+                                     S.SRC_INDEX: [r[3] for r in chunk], S.SHARD_ORDER: [r[2] for r in chunk],
+                                     S.REJECT_REASON: pa.nulls(len(chunk), pa.string())}), path)
+            fragments.append(path)
+    expected: dict[str, dict[int, str]] = {}
+    for (shard, index), detail in _brute(rows).items():
+        expected.setdefault(shard, {})[index] = detail
+    fs = pafs.LocalFileSystem()
+    spread = find_duplicate_keys(fragments, fs, len(rows), rows_per_map_task=100, rows_per_partition=150)
+    assert spread == expected  # 6 map tasks, 5 partitions
+    assert find_duplicate_keys(fragments, fs, len(rows)) == expected  # one map task, one partition
+    assert sum(map(len, expected.values())) > 300  # the case is not trivial
 
 
 def test_no_duplicates_and_tiny_inputs():
