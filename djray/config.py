@@ -65,7 +65,9 @@ class OutputConfig(Section):
 class RayConfig(Section):
     address: str | None = Field(None, description="cluster to attach to; default RAY_ADDRESS, else a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance (ignored when attaching)")
-    max_concurrent_finalize: int = Field(8, ge=1)
+    max_concurrent_finalize: int = Field(8, ge=1, description="final-write tasks in flight at once")
+    finalize_rows_per_task: int = Field(10_000, ge=1, description="small shards share a final-write task until it "
+                                        "holds this many rows (fewer worker processes for many small shards)")
 
 
 def _default(model: type[BaseModel], name: str) -> Any:

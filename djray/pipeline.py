@@ -33,7 +33,7 @@ from djray import schema as S
 from djray.config import ConfigError, JobConfig, config_sha256
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
-from djray.io.writer import Layout, finalize_shard_at, footer_metadata
+from djray.io.writer import Layout, finalize_shards_at, footer_metadata
 from djray.ops.base import Op
 from djray.ops.caption_check import CaptionCheckOp
 from djray.ops.decode import DecodeOp, DecodeParams
@@ -377,27 +377,44 @@ def _patch(plan: Plan, todo: list[str], staged: dict[str, Any], duplicates: dict
     return _collect(ds, todo, layout.patched_marker, patched, fs, Progress("text", len(todo), enabled=progress))
 
 
+def finalize_groups(shards: list[str], rows: dict[str, int], min_rows: int) -> list[list[str]]:
+    """Consecutive shards packed into groups of at least `min_rows` rows (the last may hold fewer): a job of many
+    small shards writes them in a few tasks instead of starting a worker process for every few hundred rows."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    n = 0
+    for s in shards:
+        current.append(s)
+        n += rows[s]
+        if n >= min_rows:
+            groups.append(current)
+            current, n = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates: dict[str, dict[int, str]],
               patched: dict[str, Any] | None, done: dict[str, Any], progress: bool) -> None:
-    """Phase C2: one task per shard writes its final data/ and rejects/ files; the driver marks it done."""
-    task = ray.remote(num_cpus=1, max_retries=2)(finalize_shard_at)
+    """Phase C2: tasks write the final data/ and rejects/ files of one shard (or of a group of small shards); the
+    driver marks each shard done when its task returns."""
+    task = ray.remote(num_cpus=1, max_retries=2)(finalize_shards_at)
     footer = plan.footer()
     bar = Progress("write", len(pending), enabled=progress)
-    queue = list(pending)
-    inflight: dict[Any, str] = {}
+    queue = finalize_groups(pending, {s: staged[s]["rows_in"] for s in pending}, plan.cfg.ray.finalize_rows_per_task)
+    inflight: dict[Any, list[str]] = {}
     limit = plan.cfg.ray.max_concurrent_finalize
     while queue or inflight:
         while queue and len(inflight) < limit:
-            s = queue.pop(0)
-            ref = task.remote(plan.cfg.output.path, plan.storage, s, staged[s], duplicates.get(s, {}),
-                              patched[s] if patched is not None else None, plan.vision, footer,
-                              plan.cfg.output.compression)
-            inflight[ref] = s
+            group = queue.pop(0)
+            jobs = [(s, staged[s], duplicates.get(s, {}), patched[s] if patched is not None else None) for s in group]
+            inflight[task.remote(plan.cfg.output.path, plan.storage, jobs, plan.vision, footer,
+                                 plan.cfg.output.compression)] = group
         ready, _ = ray.wait(list(inflight), num_returns=1)
-        s = inflight.pop(ready[0])
-        counts = ray.get(ready[0])
-        iofs.write_json(plan.out_fs, plan.layout.done_marker(s), counts)
-        done[s] = counts
+        group = inflight.pop(ready[0])
+        for s, counts in zip(group, ray.get(ready[0])):
+            iofs.write_json(plan.out_fs, plan.layout.done_marker(s), counts)
+            done[s] = counts
         bar.update(len(done) - (len(plan.shards) - len(pending)), sum(c["rows_in"] for c in done.values()))
     bar.close()
 

@@ -56,7 +56,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
 
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
-    config.write_text(f"input: {{path: {corpus}, format: webdataset, rows_per_block: 8}}\noutput: {{path: {out}}}\n")
+    # one final-write task per shard, so that the driver can be killed between two of them
+    config.write_text(f"input: {{path: {corpus}, format: webdataset, rows_per_block: 8}}\noutput: {{path: {out}}}\n"
+                      "ray: {finalize_rows_per_task: 1}\n")
     state = out / "_djray"
 
     # 1st attempt: killed while shards are streaming (some staged, none final)

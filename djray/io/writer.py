@@ -188,14 +188,17 @@ def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: 
     return counts
 
 
-def finalize_shard_at(output_uri: str, storage: iofs.Storage, src_shard: str, staged: dict[str, Any],
-                      duplicates: dict[int, str], patched: dict[str, Any] | None, vision: bool,
-                      footer: dict[bytes, bytes], compression: str) -> dict[str, Any]:
-    """`finalize_shard` from picklable arguments: the body of the final-write Ray task. It lives here, not in the
-    pipeline module, so a fresh worker imports only pyarrow and this module before writing."""
+def finalize_shards_at(output_uri: str, storage: iofs.Storage, shards: list[tuple[str, dict[str, Any],
+                       dict[int, str], dict[str, Any] | None]], vision: bool, footer: dict[bytes, bytes],
+                       compression: str) -> list[dict[str, Any]]:
+    """The body of a final-write Ray task: `finalize_shard` for each (src_shard, staged, duplicates, patched), in
+    order; returns their counts. It lives here, not in the pipeline module, so a fresh worker imports only pyarrow and
+    this module before writing."""
     fs, root = iofs.resolve(output_uri, storage)
-    return finalize_shard(fs, Layout(root), src_shard, staged, duplicates, vision=vision, footer=footer,
-                          compression=compression, patched=patched)
+    layout = Layout(root)
+    return [finalize_shard(fs, layout, src_shard, staged, duplicates, vision=vision, footer=footer,
+                           compression=compression, patched=patched)
+            for src_shard, staged, duplicates, patched in shards]
 
 
 class AccountingError(RuntimeError):
