@@ -30,7 +30,7 @@ of CPUs with `num_cpus: 1` each takes every CPU of the local instance and the re
 scheduled (djray refuses such a config). The default here is `num_cpus = min(1, (cpus-1)/pool_size)`: 2 actors ×
 0.5 CPU on 2 CPUs (each still one torch thread).
 
-    python benchmarks/vision_throughput.py [--samples 1000] [--shards 8] [--pool-size 1 2] [--batch-size 16 32]
+    python benchmarks/vision_throughput.py [--samples 2000] [--shards 8] [--pool-size 1 2] [--batch-size 16 32]
                                            [--precision fp32|bf16] [--repeats 2] [--cpus N] [--no-probe]
 """
 
@@ -274,7 +274,7 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--bare-child":
         return bare_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=1000, help="images in the corpus")
+    ap.add_argument("--samples", type=int, default=2000, help="images in the corpus")
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--pool-size", type=int, nargs="+", default=None,
                     help="vision actors (one or more values to compare; default: the number of CPUs)")
