@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
@@ -27,6 +27,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]  # a path or name that may not be blank
+
+
 class ParquetColumns(Section):
     key: str = "key"
     image: str = "jpg"
@@ -34,19 +43,12 @@ class ParquetColumns(Section):
 
 
 class InputConfig(Section):
-    path: str = Field(description="local directory, glob or file; or s3://bucket/prefix")
+    path: NonEmptyStr = Field(description="local directory, glob or file; or s3://bucket/prefix")
     format: Literal["webdataset", "parquet"]
     columns: ParquetColumns = ParquetColumns()
     # Rows per block a read task emits; the fused CPU stages (decode, caption policy) process one such block at a
     # time. Downstream, Ray Data may coalesce stage outputs up to its target block size (128 MiB).
     rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits")
-
-    @field_validator("path")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
 
 
 class StorageConfig(Section):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from djray.config import ConfigError, Section, StorageConfig, _format_errors, read_yaml
+from djray.config import ConfigError, NonEmptyStr, Section, StorageConfig, _format_errors, read_yaml
 from djray.ops.base import check_templates
 from djray.train.archs import ARCHS, ClipArch
 
@@ -29,19 +29,12 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
 class DataConfig(Section):
-    path: str = Field(description="governed output directory (its data/ is read), local or s3://")
+    path: NonEmptyStr = Field(description="governed output directory (its data/ is read), local or s3://")
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (indices are mirrored)")
     shuffle: bool = True
     seed: int = 0
     num_workers: int = Field(4, ge=0, description="decode threads per training worker (0: decode inline)")
     prefetch: int = Field(2, ge=1, description="batches decoded ahead of the training step")
-
-    @field_validator("path")
-    @classmethod
-    def _non_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        return v
 
 
 class ModelConfig(Section):
