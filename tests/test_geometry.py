@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -24,30 +22,9 @@ from djray.geometry import (
 )
 from djray.schema import Reason
 
+from corpus import bomb_png, enc, noise
+
 BIG = 10**9
-
-
-def enc(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def noise(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A valid 1-bit all-black PNG of w×h: tens of KB on disk, w*h pixels once decoded."""
-    comp = zlib.compressobj(9)
-    row = bytes(1 + (w + 7) // 8)  # filter byte + packed bits
-    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def reason_of(data: bytes, max_pixels: int = BIG) -> ImageRejected:

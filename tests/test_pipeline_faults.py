@@ -11,9 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import struct
 import tarfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from djray import schema as S
 from djray.config import ConfigError, parse_config
 from djray.schema import Reason, Stage
 
+from corpus import bomb_png, enc, noise
+
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 R = Reason
@@ -40,30 +40,8 @@ MAX_PIXELS = 4_000_000
 # ---- images ----------------------------------------------------------------------------------------------------
 
 
-def enc(img: Image.Image, fmt: str, **kw: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def noise(w: int, h: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
 def jpeg(seed: int, w: int = 64, h: int = 48) -> bytes:
     return enc(noise(w, h, seed), "JPEG", quality=90)
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A valid 1-bit PNG of w×h zeros: a few KiB on disk, w*h pixels declared in its header."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(bytes(1 + (w + 7) // 8)) for _ in range(h)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def animated(fmt: str) -> bytes:

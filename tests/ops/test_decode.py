@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -19,25 +15,7 @@ from djray.ops.base import apply_op_output
 from djray.ops.decode import DecodeOp, DecodeParams
 from djray.schema import Reason
 
-
-def enc(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def noise(w: int, h: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    comp = zlib.compressobj(9)
-    idat = b"".join(comp.compress(bytes(1 + (w + 7) // 8)) for _ in range(h)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+from corpus import bomb_png, enc, noise
 
 
 def table(images: list[bytes | None], rejected: dict[int, str] | None = None) -> pa.Table:
