@@ -73,12 +73,15 @@ def bare_loop(corpus: Path, out: Path, model_name: str, image_size: int, precisi
     t0 = time.perf_counter()
     import torch
 
+    from djray._compat import patch_torchvision
     from djray.geometry import ImageRejected, canonical_crop, open_image
-    from djray.models.dino import _import_timm, build_dino, forward_dino
+    from djray.models.dino import build_dino, forward_dino
     from djray.ops.vision.dino_patch import aggregate_heads
     from djray.ops.vision.select import select_patches
 
-    _import_timm()
+    patch_torchvision()
+    import timm  # noqa: F401 - timed here with the other imports (build_dino would import it lazily)
+
     t["imports"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, desc = build_dino(model_name, "random", image_size)
