@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -152,13 +152,21 @@ def _format_errors(err: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def parse_config(raw: Any) -> JobConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(model: type[M], raw: Any, required: str) -> M:
+    """`raw` (parsed YAML) as a `model`; ConfigError with one line per problem, each naming its dotted key."""
     if not isinstance(raw, dict):
-        raise ConfigError("invalid config: the top level must be a mapping with at least `input` and `output`")
+        raise ConfigError(f"invalid config: the top level must be a mapping with at least {required}")
     try:
-        return JobConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(e)) from None
+
+
+def parse_config(raw: Any) -> JobConfig:
+    return validate_config(JobConfig, raw, "`input` and `output`")
 
 
 def read_yaml(path: str | Path, overrides: list[str] | None = None) -> Any:

@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from djray.config import ConfigError, NonEmptyStr, Section, StorageConfig, _format_errors, read_yaml
+from djray.config import ConfigError, NonEmptyStr, Section, StorageConfig, read_yaml, validate_config
 from djray.ops.base import check_templates
 from djray.train.archs import ARCHS, ClipArch
 
@@ -165,12 +165,7 @@ class TrainConfig(Section):
 
 
 def parse_train_config(raw: Any) -> TrainConfig:
-    if not isinstance(raw, dict):
-        raise ConfigError("invalid config: the top level must be a mapping with at least `data`, `train`, `output`")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e)) from None
+    return validate_config(TrainConfig, raw, "`data`, `train`, `output`")
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
