@@ -77,7 +77,7 @@ def bare_loop(corpus: Path, out: Path, model_name: str, image_size: int, precisi
     from djray.geometry import ImageRejected, canonical_crop, open_image
     from djray.models.dino import build_dino, forward_dino
     from djray.ops.vision.dino_patch import aggregate_heads
-    from djray.ops.vision.select import select_patches
+    from djray.patches import select_patches
 
     patch_torchvision()
     import timm  # noqa: F401 - timed here with the other imports (build_dino would import it lazily)

@@ -86,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             plan = pipeline.prepare(cfg)
-            print(f"config OK: {len(plan.shards)} shard(s), stages {' → '.join(cfg.stages())}, "
-                  f"config_sha256 {plan.config_sha256[:16]}…")
+            print(f"config OK: {len(plan.shards)} shard(s), stages {' → '.join(cfg.stages())}\n"
+                  f"  fingerprints: signals {plan.fps.signals[:12]}  selection {plan.fps.selection[:12]}  "
+                  f"output {plan.fps.output[:12]}")
             return EXIT_OK
         from djray.runtime.manifest import format_summary
 

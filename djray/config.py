@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from djray.ops.base import RUNTIME, is_runtime
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
+from djray.ops.sieve import SieveParams, SieveSpec
+from djray.ops.sieve.key_dedup import KeyDedupParams
 from djray.ops.text.params import TextParams
 from djray.ops.vision.params import VisionParams
 
@@ -48,7 +51,7 @@ class InputConfig(Section):
     columns: ParquetColumns = ParquetColumns()
     # Rows per block a read task emits; the fused CPU stages (decode, caption policy) process one such block at a
     # time. Downstream, Ray Data may coalesce stage outputs up to its target block size (128 MiB).
-    rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits")
+    rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits", json_schema_extra=RUNTIME)
 
 
 class StorageConfig(Section):
@@ -59,17 +62,16 @@ class StorageConfig(Section):
 
 
 class OutputConfig(Section):
-    path: str
-    mode: Literal["resume", "overwrite"] = "resume"
+    path: str = Field(json_schema_extra=RUNTIME)
+    mode: Literal["resume", "overwrite"] = Field("resume", json_schema_extra=RUNTIME)
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
 class RayConfig(Section):
     address: str | None = Field(None, description="cluster to attach to; default RAY_ADDRESS, else a local instance")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance (ignored when attaching)")
-    max_concurrent_finalize: int = Field(8, ge=1, description="final-write tasks in flight at once")
-    finalize_rows_per_task: int = Field(10_000, ge=1, description="small shards share a final-write task until it "
-                                        "holds this many rows (fewer worker processes for many small shards)")
+    max_concurrent_finalize: int | None = Field(None, ge=1, description="final-write tasks in flight at once "
+                                                "(default: the cluster's CPUs)")
 
 
 def _default(model: type[BaseModel], name: str) -> Any:
@@ -82,36 +84,69 @@ class DecodeConfig(Section):
     caption: CaptionParams = CaptionParams()
 
 
+class SignalsConfig(Section):
+    """Where phase A's signals come from: this output (default) or another run's output (`from`), so a GPU-days
+    juicing pass can be re-selected into a new dataset on CPUs."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: NonEmptyStr | None = Field(None, alias="from", json_schema_extra=RUNTIME,
+                                      description="another djray output whose signals/ this run selects from")
+
+
 class JobConfig(Section):
     input: InputConfig
     output: OutputConfig
-    storage: StorageConfig = StorageConfig()
-    ray: RayConfig = RayConfig()
+    storage: StorageConfig = Field(StorageConfig(), json_schema_extra=RUNTIME)
+    ray: RayConfig = Field(RayConfig(), json_schema_extra=RUNTIME)
     decode: DecodeConfig = DecodeConfig()
     vision: VisionParams | None = None
+    signals: SignalsConfig = SignalsConfig()
+    sieve: list[SieveSpec] = Field(default_factory=list, description="sample-level governors, in order")
     text: TextParams | None = None
 
+    @field_validator("sieve")
+    @classmethod
+    def _key_dedup_first(cls, v: list[SieveParams]) -> list[SieveParams]:
+        if any(s.op == "key_dedup" for s in v[1:]):
+            raise ValueError("key_dedup always runs first (keys are unique in the output); list it first or not at all")
+        return v
+
+    def steps(self) -> list[SieveParams]:
+        """The phase-B steps in order: key_dedup first (always), then the configured sieves."""
+        return list(self.sieve) if self.sieve and self.sieve[0].op == "key_dedup" else [KeyDedupParams(), *self.sieve]
+
     def stages(self) -> list[str]:
-        return (["read", "decode"] + (["vision"] if self.vision else []) + ["dedup"]
+        return (["read", "decode"] + (["vision"] if self.vision else [])
+                + [f"sieve:{s.op}" for s in self.steps()]
                 + (["text"] if self.text and self.text.mode != "none" else []) + ["write"])
 
 
-# Keys that change how a job runs but not what it writes; they stay out of the config hash so a resumed run may
-# use another cluster, batch size or output location.
-_RUNTIME_ONLY = {
-    "ray": True,
-    "storage": True,
-    "output": {"mode", "path"},
-    "input": {"rows_per_block"},
-    "vision": {"batch_size", "resources"},
-    "text": {"batch_size", "resources", "concurrency", "timeout_s", "max_retries", "endpoint", "api_key_env"},
-}
-
-
 def config_sha256(cfg: JobConfig) -> str:
-    relevant = cfg.model_dump(mode="json", exclude=_RUNTIME_ONLY)
-    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()
+    """Every parameter that shapes what a run writes (no runtime keys): a config's identity."""
+    return sha256_of(params_of(cfg))
+
+
+def params_of(model: BaseModel) -> dict[str, Any]:
+    """A config section as JSON-able data without its RUNTIME-marked fields (recursively): what fingerprints hash."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if not is_runtime(field):
+            out[name] = _plain(getattr(model, name))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return params_of(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def sha256_of(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: img_sha256 in data/rejects; the signals store (signals/); sieve reject stages
 
 # ---- governed row columns (data/) ------------------------------------------------------------------------------
 KEY = "key"
@@ -21,6 +21,7 @@ CAPTION = "caption"
 CAPTION_RAW = "caption_raw"
 CAPTION_SOURCE = "caption_source"
 SRC_JSON = "src_json"  # the sample's img2dataset .json member (or null), kept verbatim
+IMG_SHA256 = "img_sha256"  # sha256 (hex) of the original encoded image bytes (exact dedup, source integrity)
 
 PATCH_SIZE = "patch_size"
 GRID_H = "grid_h"
@@ -72,8 +73,10 @@ class Reason:
     # vision stage
     MISSING_PIXELS = "missing_pixels"  # alive row without a canonical crop (a decode-stage contract breach)
     NONFINITE_SCORES = "nonfinite_scores"  # NaN/inf in the forward pass (e.g. fp16 overflow)
-    # dedup (after all shards are read)
-    DUPLICATE_KEY = "duplicate_key"
+    # sieves (phase B, stage "sieve:<op>")
+    DUPLICATE_KEY = "duplicate_key"  # key_dedup: the key was kept earlier by (shard order, index)
+    DUPLICATE_IMAGE = "duplicate_image"  # exact_dedup: byte-identical image kept earlier by (shard order, index)
+    NOT_SAMPLED = "not_sampled"  # random: outside the seeded sample
 
 
 class Stage:
@@ -81,7 +84,6 @@ class Stage:
     DECODE = "decode"
     VISION = "vision"
     TEXT = "text"
-    DEDUP = "dedup"
 
     @staticmethod
     def sieve(op: str) -> str:
@@ -100,24 +102,32 @@ BASE_FIELDS = [
     pa.field(CAPTION_RAW, pa.string()),
     pa.field(CAPTION_SOURCE, pa.string()),
     pa.field(SRC_JSON, pa.string()),
+    pa.field(IMG_SHA256, pa.string()),
 ]
 
-VISION_FIELDS = [
+# Vision columns that are signals (phase A, one forward per image) ...
+VISION_SIGNAL_FIELDS = [
     pa.field(PATCH_SIZE, pa.int16()),
     pa.field(GRID_H, pa.int16()),
     pa.field(GRID_W, pa.int16()),
     pa.field(PATCH_SCORES, pa.list_(pa.float32())),
-    pa.field(PATCH_IDX, pa.list_(pa.int16())),
     pa.field(VIS_CLASSES, pa.list_(pa.struct([pa.field("label", pa.string()), pa.field("prob", pa.float32())]))),
     pa.field(VIS_EVIDENCE, pa.list_(pa.string())),
     pa.field(VIS_EMBEDDING, pa.list_(pa.float32())),
 ]
+# ... and the one that is a selection (chosen in phase C from the stored scores: another ratio needs no GPU).
+PATCH_IDX_FIELD = pa.field(PATCH_IDX, pa.list_(pa.int16()))
+VISION_FIELDS = VISION_SIGNAL_FIELDS[:4] + [PATCH_IDX_FIELD] + VISION_SIGNAL_FIELDS[4:]
 
 REJECT_FIELDS = [
     pa.field(STAGE, pa.string(), nullable=False),
     pa.field(REASON, pa.string(), nullable=False),
     pa.field(DETAIL, pa.string()),
 ]
+
+# Columns a sieve may publish (ARCHITECTURE §2: "the columns sieves publish such as clip_score, cluster_id, gain"):
+# written to signals/ and data/ of the selection that computed them. A sieve's `writes` must name entries here.
+PUBLISHED_FIELDS: dict[str, pa.DataType] = {}
 
 # Columns every row carries between stages (source columns + bookkeeping), before any governance op adds its own.
 SOURCE_FIELDS = [
@@ -137,14 +147,51 @@ SOURCE_FIELDS = [
 SOURCE_SCHEMA = pa.schema(SOURCE_FIELDS)
 
 
-def data_schema(vision: bool = False) -> pa.Schema:
-    """Schema of OUTPUT/data/*.parquet for a run with the given stages."""
-    return pa.schema(BASE_FIELDS + (VISION_FIELDS if vision else []))
+def _published(names: tuple[str, ...]) -> list[pa.Field]:
+    return [pa.field(n, PUBLISHED_FIELDS[n]) for n in names]
 
 
-def rejects_schema(vision: bool = False) -> pa.Schema:
+def data_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
+    """Schema of OUTPUT/data/*.parquet for a run with the given stages and sieve-published columns."""
+    return pa.schema(BASE_FIELDS + (VISION_FIELDS if vision else []) + _published(published))
+
+
+def rejects_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
     """Schema of OUTPUT/rejects/*.parquet: reject columns first, then every data column (null where unknown)."""
-    return pa.schema(REJECT_FIELDS + list(data_schema(vision)))
+    return pa.schema(REJECT_FIELDS + list(data_schema(vision, published)))
+
+
+def signals_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
+    """Schema of OUTPUT/signals/*.parquet: every input row of a shard (kept or rejected in phase A), its reject triple
+    from phase A (null while alive), and every signal a selection may read. Never image bytes."""
+    fields = [
+        pa.field(KEY, pa.string()),
+        pa.field(SRC_SHARD, pa.string(), nullable=False),
+        pa.field(SRC_INDEX, pa.int64(), nullable=False),
+        pa.field(STAGE, pa.string()),
+        pa.field(REASON, pa.string()),
+        pa.field(DETAIL, pa.string()),
+        pa.field(IMG_WIDTH, pa.int32()),
+        pa.field(IMG_HEIGHT, pa.int32()),
+        pa.field(IMG_SHA256, pa.string()),
+        pa.field(CAPTION_RAW, pa.string()),
+    ]
+    return pa.schema(fields + (VISION_SIGNAL_FIELDS if vision else []) + _published(published))
+
+
+def decision_schema(published: tuple[str, ...] = ()) -> pa.Schema:
+    """A phase-B step's per-shard decision file: rows the step dropped (reason not null) and, when the step publishes
+    columns, every row that reached it with their values."""
+    return pa.schema([pa.field(SRC_INDEX, pa.int64(), nullable=False), pa.field(REASON, pa.string()),
+                      pa.field(DETAIL, pa.string())] + _published(published))
+
+
+def column_type(name: str) -> pa.DataType | None:
+    """The contract's type of a column, or None for a name the contract does not define."""
+    for f in SOURCE_FIELDS + BASE_FIELDS + VISION_FIELDS + REJECT_FIELDS:
+        if f.name == name:
+            return f.type
+    return PUBLISHED_FIELDS.get(name)
 
 
 # ---- Parquet footer metadata keys ------------------------------------------------------------------------------
@@ -152,3 +199,5 @@ META_SCHEMA_VERSION = b"djray.schema_version"
 META_CONFIG_SHA256 = b"djray.config_sha256"
 META_DJRAY_VERSION = b"djray.version"
 META_GEOMETRY = b"djray.geometry"
+META_SIGNALS_SHA256 = b"djray.signals_sha256"
+META_SELECTION_SHA256 = b"djray.selection_sha256"

@@ -74,7 +74,7 @@ def test_run_prints_summary_and_writes_contract(ray_cluster, tmp_path, corpus):
     # a different config against this output is refused with one clear message, exit 2, nothing touched
     before = (tmp_path / "out" / "manifest.json").read_text()
     r = djray("run", _config(tmp_path, corpus), "--set", "decode.min_side=500", address=ray_cluster)
-    assert r.returncode == 2 and "different config" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "other signals parameters" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "out" / "manifest.json").read_text() == before
 
 
@@ -85,7 +85,7 @@ def test_run_infrastructure_error_exits_1(tmp_path, corpus):
 
 
 def test_root_cause_digs_out_the_original_exception():
-    from djray.pipeline import root_cause
+    from djray.runtime.cluster import root_cause
 
     class ActorDiedError(Exception):
         pass

@@ -17,7 +17,7 @@ def _err(raw) -> str:
 
 def test_minimal_config_runs_read_decode_write():
     cfg = parse_config(BASE)
-    assert cfg.stages() == ["read", "decode", "dedup", "write"]
+    assert cfg.stages() == ["read", "decode", "sieve:key_dedup", "write"]
     assert cfg.output.mode == "resume"
     assert (cfg.input.columns.key, cfg.input.columns.image, cfg.input.columns.caption) == ("key", "jpg", "txt")
 
@@ -84,8 +84,29 @@ def test_config_hash_ignores_runtime_only_keys():
 
 def test_sections_switch_stages_on():
     cfg = parse_config({**BASE, "vision": {"weights": "random"}, "text": {"mode": "concat"}})
-    assert cfg.stages() == ["read", "decode", "vision", "dedup", "text", "write"]
-    assert parse_config({**BASE, "text": {"mode": "none"}}).stages() == ["read", "decode", "dedup", "write"]
+    assert cfg.stages() == ["read", "decode", "vision", "sieve:key_dedup", "text", "write"]
+    assert parse_config({**BASE, "text": {"mode": "none"}}).stages() == ["read", "decode", "sieve:key_dedup", "write"]
+
+
+def test_sieve_list_is_validated_per_op_and_key_dedup_runs_first():
+    cfg = parse_config({**BASE, "sieve": [{"op": "exact_dedup"}, {"op": "random", "keep_fraction": 0.3, "seed": 7}]})
+    assert [s.op for s in cfg.steps()] == ["key_dedup", "exact_dedup", "random"]
+    assert cfg.stages()[2:5] == ["sieve:key_dedup", "sieve:exact_dedup", "sieve:random"]
+    assert [s.op for s in parse_config({**BASE, "sieve": [{"op": "key_dedup"}]}).steps()] == ["key_dedup"]
+    assert "sieve.0" in _err({**BASE, "sieve": [{"op": "semantic_magic"}]})
+    assert "semantic_magic" in _err({**BASE, "sieve": [{"op": "semantic_magic"}]})
+    assert "sieve.0.random.colour: unknown key" in _err({**BASE, "sieve": [{"op": "random", "keep_fraction": 0.5,
+                                                                            "colour": 1}]})
+    assert "sieve.0.random.keep_fraction" in _err({**BASE, "sieve": [{"op": "random", "keep_fraction": 1.5}]})
+    assert "key_dedup always runs first" in _err({**BASE, "sieve": [{"op": "random", "keep_fraction": 0.5},
+                                                                     {"op": "key_dedup"}]})
+
+
+def test_signals_from_is_a_runtime_key():
+    cfg = parse_config({**BASE, "signals": {"from": "/elsewhere"}})
+    assert cfg.signals.from_ == "/elsewhere"
+    assert config_sha256(cfg) == config_sha256(parse_config(BASE))
+    assert "signals.form: unknown key" in _err({**BASE, "signals": {"form": "/x"}})
 
 
 def test_text_and_vision_errors_name_their_keys():

@@ -9,6 +9,7 @@ data ∪ rejects, unique keys, byte-identical images, sorted data files, manifes
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -33,7 +34,7 @@ from corpus import bomb_png, enc, noise
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 R = Reason
-READ, DECODE, DEDUP = Stage.READ, Stage.DECODE, Stage.DEDUP
+READ, DECODE, DEDUP = Stage.READ, Stage.DECODE, Stage.sieve("key_dedup")
 MAX_PIXELS = 4_000_000
 
 
@@ -175,6 +176,7 @@ class Output:
     manifest: dict
     data: dict[str, pa.Table]  # by shard stem
     rejects: dict[str, pa.Table]
+    signals: dict[str, pa.Table]
 
     def all_data(self) -> list[dict]:
         return [r for t in self.data.values() for r in t.to_pylist()]
@@ -200,7 +202,7 @@ def load(out: Path) -> Output:
         return {str(p.relative_to(out / sub).with_suffix("")): pq.read_table(p)
                 for p in sorted((out / sub).rglob("*.parquet"))}
 
-    return Output(out, manifest, read_dir("data"), read_dir("rejects"))
+    return Output(out, manifest, read_dir("data"), read_dir("rejects"), read_dir("signals"))
 
 
 def stem(shard: str) -> str:
@@ -266,6 +268,29 @@ def check_contract(o: Output, shards: list[str]) -> None:
     for r in o.all_rejects():
         assert r[S.STAGE] and r[S.REASON] and r[S.DETAIL]
         assert r[S.REASON] != S.END_OF_SHARD
+    check_signals(o, shards)
+
+
+def check_signals(o: Output, shards: list[str]) -> None:
+    """The signals store: one file per shard, every input row once, no image bytes, phase A's decisions, and
+    img_sha256 = sha256 of the image bytes that data/ and rejects/ carry."""
+    assert sorted(o.signals) == sorted(stem(s) for s in shards)
+    positions = o.by_position()
+    for shard in shards:
+        table = o.signals[stem(shard)]
+        assert table.schema.remove_metadata() == S.signals_schema(False)
+        assert table.column(S.SRC_INDEX).to_pylist() == list(range(table.num_rows))
+        for sig in table.to_pylist():
+            where, row = positions[(shard, sig[S.SRC_INDEX])]
+            assert sig[S.KEY] == row[S.KEY]
+            assert sig[S.IMG_SHA256] == (hashlib.sha256(row[S.IMAGE]).hexdigest() if row[S.IMAGE] is not None
+                                         else None)
+            assert row[S.IMG_SHA256] == sig[S.IMG_SHA256]
+            if sig[S.REASON] is not None:  # rejected in phase A: the same triple in rejects/
+                assert where == "rejects" and (row[S.STAGE], row[S.REASON], row[S.DETAIL]) == (
+                    sig[S.STAGE], sig[S.REASON], sig[S.DETAIL])
+            else:
+                assert where == "data" or row[S.STAGE].startswith("sieve:")
 
 
 def no_end_marker(rejects: pa.Table) -> bool:

@@ -44,7 +44,8 @@ def test_s3_in_s3_out(ray_cluster, s3_bucket, tmp_path, fmt):
     names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{bucket}/out/{fmt}", recursive=True))
                    if i.type == pafs.FileType.File and "/_djray/" not in i.path)
     assert names == sorted([f"{bucket}/out/{fmt}/manifest.json"]
-                           + [f"{bucket}/out/{fmt}/{d}/{s:05d}.parquet" for d in ("data", "rejects") for s in range(3)])
+                           + [f"{bucket}/out/{fmt}/{d}/{s:05d}.parquet" for d in ("data", "rejects", "signals")
+                              for s in range(3)])
     kept = sum(pq.read_table(f"{bucket}/out/{fmt}/data/{s:05d}.parquet", filesystem=fs).num_rows for s in range(3))
     rejected = sum(pq.read_table(f"{bucket}/out/{fmt}/rejects/{s:05d}.parquet", filesystem=fs).num_rows
                    for s in range(3))

@@ -27,6 +27,7 @@ from djray import schema as S
 from djray._compat import patch_torchvision
 from djray.config import ConfigError, load_config, parse_config
 from djray.geometry import canonical_crop, open_image
+from djray.patches import num_keep, select_patches
 from djray.runtime.manifest import format_summary
 from djray.sample_data import write_sample_corpus
 
@@ -191,20 +192,39 @@ def test_pipeline_scores_equal_in_process_op_by_key(vision_job):
         assert row["patch_idx"] == idx, row["key"]
 
 
-def test_ratio_change_is_refused_but_batch_size_is_not(vision_job, tmp_path):
+def test_model_change_is_refused_runtime_keys_resume_and_a_new_ratio_reselects_without_the_model(vision_job,
+                                                                                                   tmp_path):
     out = tmp_path / "out"
     shutil.copytree(vision_job["out"], out)
-    raw = {**vision_job["raw"], "output": {"path": str(out)}}  # output.path is not part of the config hash
-    with pytest.raises(ConfigError, match="different config"):
-        pipeline.prepare(parse_config({**raw, "vision": {**raw["vision"], "ratio": 0.5}}))
-    with pytest.raises(ConfigError, match="different config"):
-        pipeline.prepare(parse_config({**raw, "vision": {**raw["vision"], "strategy": "uniform"}}))
+    raw = {**vision_job["raw"], "output": {"path": str(out)}}  # output.path is not part of any fingerprint
+    for signals_change in ({"aggregation": "max_prob"}, {"image_size": 64}):
+        with pytest.raises(ConfigError, match="other signals parameters"):
+            pipeline.prepare(parse_config({**raw, "vision": {**raw["vision"], **signals_change}}))
     before = _read(out, "data")
     runtime_only = {**raw["vision"], "batch_size": 7, "resources": {"pool_size": 1, "num_cpus": 0.5}}
     manifest = _run({**raw, "vision": runtime_only})
     assert manifest["status"] == "complete" and manifest["run"]["rows_processed"] == 0  # a resume with nothing to do
     assert manifest["config_sha256"] == vision_job["manifest"]["config_sha256"]
     assert _read(out, "data").equals(before)
+
+    # another ratio and strategy: phase A is skipped (no actor starts: none rewrites its model record), patch_idx is
+    # re-chosen from the stored scores
+    record = out / "_djray" / "models" / "dino_patch.json"
+    stamp = record.stat().st_mtime_ns
+    reselect = {**raw["vision"], "ratio": 0.25, "strategy": "mix", "mix_alpha": 0.5}
+    manifest = _run({**raw, "vision": reselect})
+    assert manifest["status"] == "complete" and manifest["run"]["rows_processed"] == 0
+    assert record.stat().st_mtime_ns == stamp
+    assert manifest["signals_sha256"] == vision_job["manifest"]["signals_sha256"]
+    assert manifest["selection_sha256"] != vision_job["manifest"]["selection_sha256"]
+    after = _read(out, "data")
+    assert after.column(S.KEY).to_pylist() == before.column(S.KEY).to_pylist()
+    assert after.column(S.PATCH_SCORES).equals(before.column(S.PATCH_SCORES))
+    for row in after.to_pylist():
+        expect = select_patches(np.asarray(row[S.PATCH_SCORES], np.float32), 0.25, "mix", raw["vision"].get("seed", 0),
+                                row[S.KEY], mix_alpha=0.5)
+        assert row[S.PATCH_IDX] == expect.tolist()
+        assert len(row[S.PATCH_IDX]) == num_keep(0.25, row[S.GRID_H] * row[S.GRID_W])
 
 
 # ---- the real DINO ViT-S/16 architecture, `file:` weights and a DINO linear head -----------------------------------

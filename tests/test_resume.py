@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def _rows(out: Path) -> dict[str, list[tuple]]:
-    """All output rows, data and rejects, as comparable tuples (image bytes included)."""
-    rows: dict[str, list[tuple]] = {"data": [], "rejects": []}
+    """All output rows, data, rejects and signals, as comparable tuples (image bytes included)."""
+    rows: dict[str, list[tuple]] = {"data": [], "rejects": [], "signals": []}
     for kind in rows:
         for f in sorted((out / kind).glob("*.parquet")):
             t = pq.read_table(f)
@@ -47,36 +47,45 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     proc.wait()
 
 
+SIEVES = [{"op": "exact_dedup"}, {"op": "random", "keep_fraction": 0.6, "seed": 4}]
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
     corpus = tmp_path / "corpus"
     write_sample_corpus(str(corpus), 240, 12, "webdataset", seed=11)
     reference = tmp_path / "reference"
     pipeline.run(parse_config({"input": {"path": str(corpus), "format": "webdataset"},
-                               "output": {"path": str(reference)}}), progress=False, log=lambda m: None)
+                               "output": {"path": str(reference)}, "sieve": SIEVES}),
+                 progress=False, log=lambda m: None)
 
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
-    # one final-write task per shard, so that the driver can be killed between two of them
+    # one final-write task at a time, so that the driver can be killed between two of them
     config.write_text(f"input: {{path: {corpus}, format: webdataset, rows_per_block: 8}}\noutput: {{path: {out}}}\n"
-                      "ray: {finalize_rows_per_task: 1}\n")
+                      f"ray: {{max_concurrent_finalize: 1}}\nsieve: {json.dumps(SIEVES)}\n")
     state = out / "_djray"
 
-    # 1st attempt: killed while shards are streaming (some staged, none final)
-    _kill_when(_cli(config, ray_cluster), lambda: len(list((state / "staged").glob("*.json"))) >= 2)
-    staged_after_1 = len(list((state / "staged").glob("*.json")))
-    assert staged_after_1 < 12 and not (out / "manifest.json").exists()
+    # 1st attempt: killed while shards are streaming (some sealed, none final)
+    _kill_when(_cli(config, ray_cluster), lambda: len(list(state.glob("sealed/*/*.json"))) >= 2)
+    sealed_after_1 = len(list(state.glob("sealed/*/*.json")))
+    assert sealed_after_1 < 12 and not (out / "manifest.json").exists()
 
-    # 2nd attempt: killed while final files are being written
-    _kill_when(_cli(config, ray_cluster), lambda: len(list((state / "done").glob("*.json"))) >= 1)
+    # 2nd attempt: killed during the selection (phase B), once its first step is marked done
+    _kill_when(_cli(config, ray_cluster), lambda: len(list(state.glob("select/*.json"))) >= 1)
+    assert not list(state.glob("done/*/*.json"))
+
+    # 3rd attempt: killed while final files are being written
+    _kill_when(_cli(config, ray_cluster), lambda: len(list(state.glob("done/*/*.json"))) >= 1)
     assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())["status"] != "complete"
 
-    # 3rd attempt completes
+    # 4th attempt completes
     proc = _cli(config, ray_cluster)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["accounting_ok"]
     assert manifest["rows_in"] == 240 and manifest["shards_done"] == 12
+    assert manifest["rejected_by_reason"].get("not_sampled", 0) > 0
 
     got, want = _rows(out), _rows(reference)
     assert got == want
@@ -84,7 +93,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
     assert len(keys) == len(set(keys))
     assert not (state / "staging").exists()
 
-    # a 4th run of the same command has nothing to do and changes nothing
+    # a 5th run of the same command has nothing to do and changes nothing
     proc = _cli(config, ray_cluster)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
@@ -98,7 +107,7 @@ def test_different_config_refuses_unless_overwrite(ray_cluster, tmp_path):
     pipeline.run(parse_config(raw), progress=False, log=lambda m: None)
 
     changed = {**raw, "decode": {"min_side": 300}}
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="other signals parameters"):
         pipeline.run(parse_config(changed), progress=False, log=lambda m: None)
     # runtime-only keys do not count as a different config
     pipeline.run(parse_config({**raw, "input": {**raw["input"], "rows_per_block": 3}}), progress=False,

@@ -8,14 +8,14 @@ from djray import schema as S
 
 
 def test_schema_version_is_pinned():
-    assert S.SCHEMA_VERSION == 1
+    assert S.SCHEMA_VERSION == 2
 
 
 def test_data_schema_is_pinned():
     expected = [
         ("key", "string"), ("src_shard", "string"), ("src_index", "int64"), ("image", "binary"),
         ("img_width", "int32"), ("img_height", "int32"), ("caption", "string"), ("caption_raw", "string"),
-        ("caption_source", "string"), ("src_json", "string"),
+        ("caption_source", "string"), ("src_json", "string"), ("img_sha256", "string"),
     ]
     assert [(f.name, str(f.type)) for f in S.data_schema()] == expected
     vision = [
@@ -39,6 +39,7 @@ def test_reason_codes_are_stable():
         "unsafe_member_path", "corrupt_shard", "missing_image", "missing_key", "bad_shard_schema", "corrupt_image",
         "truncated_image", "unsupported_format", "decompression_bomb", "image_too_small", "empty_caption",
         "undecodable_caption", "duplicate_key", "invalid_key", "missing_pixels", "nonfinite_scores",
+        "duplicate_image", "not_sampled",
     }
 
 
@@ -48,3 +49,27 @@ def test_internal_columns_are_never_contract_columns():
                 S.CAPTION_INVALID_UTF8, S.TEXT_FALLBACK_REASON}
     assert all(name.startswith("_") for name in internal)
     assert not contract & internal
+
+
+def test_signals_schema_is_pinned():
+    expected = [
+        ("key", "string"), ("src_shard", "string"), ("src_index", "int64"), ("stage", "string"), ("reason", "string"),
+        ("detail", "string"), ("img_width", "int32"), ("img_height", "int32"), ("img_sha256", "string"),
+        ("caption_raw", "string"),
+    ]
+    assert [(f.name, str(f.type)) for f in S.signals_schema()] == expected
+    vision = [
+        ("patch_size", "int16"), ("grid_h", "int16"), ("grid_w", "int16"), ("patch_scores", "list<item: float>"),
+        ("vis_classes", "list<item: struct<label: string, prob: float>>"), ("vis_evidence", "list<item: string>"),
+        ("vis_embedding", "list<item: float>"),
+    ]
+    assert [(f.name, str(f.type)) for f in S.signals_schema(vision=True)] == expected + vision
+    # never image bytes, never the patch selection (chosen per selection in phase C)
+    assert not {"image", "patch_idx", "src_json"} & set(S.signals_schema(vision=True).names)
+
+
+def test_decision_schema_and_published_columns():
+    assert S.decision_schema().names == ["src_index", "reason", "detail"]
+    for name, type_ in S.PUBLISHED_FIELDS.items():
+        assert S.column_type(name) == type_
+        assert name in S.data_schema(published=(name,)).names and name in S.signals_schema(published=(name,)).names

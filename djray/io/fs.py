@@ -7,6 +7,7 @@ resolves them itself. Endpoint and region come from `storage.*` in the config or
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as globlib
 import json
 import os
@@ -32,7 +33,13 @@ class Storage:
     region: str | None = None
 
     def s3(self) -> pafs.S3FileSystem:
-        return s3_filesystem(self.endpoint_url, self.region)
+        """The S3 filesystem for these options, built once per process (a worker reuses it for every batch)."""
+        return _s3_cached(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_cached(storage: Storage) -> pafs.S3FileSystem:
+    return s3_filesystem(storage.endpoint_url, storage.region)
 
 
 def is_s3(uri: str) -> bool:
@@ -62,6 +69,12 @@ def list_shards(uri: str, fmt: str, storage: Storage) -> tuple[str, list[str]]:
 
     `uri` may be a directory (searched recursively), a single file, or a glob (local or s3).
     """
+    root, listing = list_shard_sizes(uri, fmt, storage)
+    return root, [name for name, _ in listing]
+
+
+def list_shard_sizes(uri: str, fmt: str, storage: Storage) -> tuple[str, list[tuple[str, int]]]:
+    """`list_shards` with each shard's size in bytes (one listing; sizes come with it on S3)."""
     fs, path = resolve(uri, storage)
     suffixes = SHARD_SUFFIXES[fmt]
     if _has_glob(path):
@@ -73,24 +86,23 @@ def list_shards(uri: str, fmt: str, storage: Storage) -> tuple[str, list[str]]:
             fixed.append(part)
         root = "/".join(fixed) or "/"
         if isinstance(fs, pafs.LocalFileSystem):
-            matches = [p for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
+            matches = [(p, os.path.getsize(p)) for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
         else:
             infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-            matches = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
-        rel = sorted(posixpath.relpath(m.replace(os.sep, "/"), root) for m in matches)
-        return root, rel
+            matches = [(i.path, i.size) for i in infos
+                       if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+        return root, sorted((posixpath.relpath(m.replace(os.sep, "/"), root), size) for m, size in matches)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        return posixpath.dirname(path), [posixpath.basename(path)]
+        return posixpath.dirname(path), [(posixpath.basename(path), info.size)]
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input path not found: {uri}")
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    rel = sorted(
-        posixpath.relpath(i.path, path)
+    return path, sorted(
+        (posixpath.relpath(i.path, path), i.size)
         for i in infos
         if i.type == pafs.FileType.File and i.path.endswith(suffixes) and not _hidden(posixpath.relpath(i.path, path))
     )
-    return path, rel
 
 
 def _hidden(rel: str) -> bool:

@@ -25,6 +25,15 @@ from pydantic import BaseModel, ConfigDict
 from djray import schema as S
 
 
+RUNTIME: dict[str, Any] = {"runtime": True}  # Field(json_schema_extra=RUNTIME): how a job runs, not what it writes
+
+
+def is_runtime(field: Any) -> bool:
+    """True for a config field marked RUNTIME: left out of every fingerprint (a resumed run may change it)."""
+    extra = getattr(field, "json_schema_extra", None)
+    return isinstance(extra, dict) and bool(extra.get("runtime"))
+
+
 class Params(BaseModel):
     """Base class for op parameters: unknown keys are errors."""
 

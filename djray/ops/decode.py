@@ -7,6 +7,7 @@ that decoded (including rows rejected as too small) and null otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +31,7 @@ class DecodeOp(Op):
     name: ClassVar[str] = "decode"
     stage: ClassVar[str] = Stage.DECODE
     reads: ClassVar[tuple[str, ...]] = (S.IMAGE,)
-    writes: ClassVar[tuple[str, ...]] = (S.IMG_WIDTH, S.IMG_HEIGHT)  # + S.PIXELS when image_size is set
+    writes: ClassVar[tuple[str, ...]] = (S.IMG_WIDTH, S.IMG_HEIGHT, S.IMG_SHA256)  # + S.PIXELS with image_size
 
     def __init__(self, params: DecodeParams | None = None, resources: Resources | None = None):
         self.params: DecodeParams = params or DecodeParams()
@@ -48,6 +49,7 @@ class DecodeOp(Op):
         n = batch.num_rows
         alive = alive_mask(batch)
         images = batch.column(S.IMAGE).to_pylist()
+        digests = [hashlib.sha256(data).hexdigest() if data is not None else None for data in images]
         width: list[int | None] = [None] * n
         height: list[int | None] = [None] * n
         pixels: list[bytes | None] = [None] * n
@@ -75,6 +77,7 @@ class DecodeOp(Op):
         out: dict[str, Any] = {
             S.IMG_WIDTH: pa.array(width, type=pa.int32()),
             S.IMG_HEIGHT: pa.array(height, type=pa.int32()),
+            S.IMG_SHA256: pa.array(digests, type=pa.string()),
             S.REJECT_REASON: pa.array(reasons, type=pa.string()),
             S.REJECT_DETAIL: pa.array(details, type=pa.string()),
         }

@@ -16,16 +16,24 @@ from djray import schema as S
 
 def build_manifest(*, config: dict[str, Any], config_sha256: str, shards: list[dict[str, Any]],
                    models: dict[str, Any], status: str, started_at: float, finished_at: float,
-                   rows_this_run: int, phases: dict[str, float] | None = None, error: str | None = None) -> dict[str, Any]:
-    """Aggregate per-shard records into the manifest and check the accounting identity in total."""
+                   rows_this_run: int, phases: dict[str, float] | None = None, error: str | None = None,
+                   fingerprints: dict[str, str] | None = None, selection: list[dict[str, Any]] | None = None,
+                   signals_from: str | None = None) -> dict[str, Any]:
+    """Aggregate per-shard records into the manifest and check the accounting identity in total.
+
+    `selection` is the phase-B funnel: one record per step (op, params, rows_in, dropped, kept, ...), in order."""
     done = [s for s in shards if s.get("status") == "done"]
     by_reason: Counter[str] = Counter()
+    by_stage: Counter[str] = Counter()
     sources: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
+    evidence: Counter[str] = Counter()
     for s in done:
         by_reason.update(s.get("rejected_by_reason", {}))
+        by_stage.update(s.get("rejected_by_stage", {}))
         sources.update(s.get("caption_source", {}))
         fallbacks.update(s.get("text_fallback_by_reason", {}))
+        evidence.update(s.get("evidence_per_image", {}))
     rows_in = sum(s["rows_in"] for s in done)
     kept = sum(s["rows_kept"] for s in done)
     rejected = sum(s["rows_rejected"] for s in done)
@@ -36,13 +44,18 @@ def build_manifest(*, config: dict[str, Any], config_sha256: str, shards: list[d
         "status": status,
         "config": config,
         "config_sha256": config_sha256,
+        **(fingerprints or {}),
+        "signals_from": signals_from,
         "models": models,
         "rows_in": rows_in,
         "rows_kept": kept,
         "rows_rejected": rejected,
         "rejected_by_reason": dict(sorted(by_reason.items())),
+        "rejected_by_stage": dict(sorted(by_stage.items())),
+        "selection": selection or [],
         "caption_source": dict(sorted(sources.items())),
         "text_fallback_by_reason": dict(sorted(fallbacks.items())),
+        "evidence_per_image": dict(sorted(evidence.items(), key=lambda kv: int(kv[0]))),
         "accounting_ok": rows_in == kept + rejected
         and all(s["rows_in"] == s["rows_kept"] + s["rows_rejected"] for s in done),
         "shards_total": len(shards),

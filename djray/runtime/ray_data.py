@@ -8,8 +8,6 @@ op's CPU/GPU request. Stages with equal resources are fused by Ray Data into one
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -19,33 +17,12 @@ from ray.data.datasource import Datasource, ReadTask
 
 from djray import schema as S
 from djray.io import fs as iofs
-from djray.io.parquet import read_parquet_shard
-from djray.io.webdataset import read_webdataset_shard
-from djray.io.writer import Layout, read_staged_shard, stage_batch
+from djray.io.source import ReadSpec, read_shard
 from djray.ops.base import Op, apply_op_output
-
-
-@dataclass(frozen=True)
-class ReadSpec:
-    """Everything a read task needs; picklable."""
-
-    root_uri: str  # local absolute path or s3://bucket/prefix; shard paths are relative to it
-    format: str
-    storage: iofs.Storage
-    rows_per_block: int
-    key_col: str = "key"
-    image_col: str = "jpg"
-    caption_col: str = "txt"
-
-
-def _read_shard(src_shard: str, order: int, spec: ReadSpec) -> Iterator[pa.Table]:
-    fs, root = iofs.resolve(spec.root_uri, spec.storage)
-    path = iofs.join(root, src_shard)
-    if spec.format == "webdataset":
-        yield from read_webdataset_shard(fs, path, src_shard, order, spec.rows_per_block)
-    else:
-        yield from read_parquet_shard(fs, path, src_shard, order, key_col=spec.key_col, image_col=spec.image_col,
-                                      caption_col=spec.caption_col, rows_per_block=spec.rows_per_block)
+from djray.runtime.decisions import SelectionContext
+from djray.runtime.kept import read_kept_rows, stage_patches
+from djray.runtime.layout import Layout
+from djray.runtime.signals import stage_batch
 
 
 class ShardDatasource(Datasource):
@@ -61,7 +38,7 @@ class ShardDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         return [
-            ReadTask(functools.partial(_read_shard, src_shard, order, self.spec),
+            ReadTask(functools.partial(read_shard, src_shard, order, self.spec),
                      BlockMetadata(num_rows=None, size_bytes=None, input_files=[src_shard], exec_stats=None),
                      schema=S.SOURCE_SCHEMA)
             for src_shard, order in self.shards
@@ -94,43 +71,17 @@ class _OpActor:
         return apply_op_output(batch, self.op, self.op(batch))
 
 
-def _stage(batch: pa.Table, output_uri: str, storage: iofs.Storage,
-           patch_columns: tuple[str, ...] | None = None) -> pa.Table:
+def _stage_signals(batch: pa.Table, output_uri: str, storage: iofs.Storage, schema: pa.Schema) -> pa.Table:
     fs, root = iofs.resolve(output_uri, storage)
-    return stage_batch(batch, fs, Layout(root), patch_columns)
-
-
-@dataclass(frozen=True)
-class KeptShard:
-    """A staged shard to feed to ops that see kept rows only: its fragments and duplicate-key decisions."""
-
-    src_shard: str
-    staged: dict[str, Any]
-    duplicates: dict[int, str]
-
-
-def _read_kept_rows(shard: KeptShard, output_uri: str, storage: iofs.Storage, columns: list[str],
-                    rows_per_block: int) -> Iterator[pa.Table]:
-    fs, _ = iofs.resolve(output_uri, storage)
-    table = read_staged_shard(fs, shard.staged, shard.duplicates, columns)
-    kept = table.filter(table.column(S.REJECT_REASON).is_null())
-    kept = kept.append_column(S.SHARD_ROWS, pa.nulls(kept.num_rows, pa.int64()))
-    for start in range(0, kept.num_rows, rows_per_block):
-        yield kept.slice(start, rows_per_block)
-    marker = {name: [None] for name in kept.column_names}
-    marker.update({S.SRC_SHARD: [shard.src_shard], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
-                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [kept.num_rows]})
-    yield pa.table(marker, schema=kept.schema)
+    return stage_batch(batch, fs, Layout(root), schema)
 
 
 class KeptRowsDatasource(Datasource):
-    """One read task per staged shard, emitting only the rows still kept after the global decisions."""
+    """One read task per shard, emitting only the rows still kept after the selection (from the signals store)."""
 
-    def __init__(self, shards: list[KeptShard], output_uri: str, storage: iofs.Storage, columns: list[str],
-                 rows_per_block: int):
+    def __init__(self, ctx: SelectionContext, orders: list[int], columns: tuple[str, ...], rows_per_block: int):
         super().__init__()
-        self.shards, self.output_uri, self.storage = shards, output_uri, storage
-        self.columns, self.rows_per_block = columns, rows_per_block
+        self.ctx, self.orders, self.columns, self.rows_per_block = ctx, orders, columns, rows_per_block
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -138,23 +89,21 @@ class KeptRowsDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         return [
-            ReadTask(functools.partial(_read_kept_rows, shard, self.output_uri, self.storage, self.columns,
-                                       self.rows_per_block),
-                     BlockMetadata(num_rows=None, size_bytes=None, input_files=[shard.src_shard], exec_stats=None))
-            for shard in self.shards
+            ReadTask(functools.partial(read_kept_rows, self.ctx, o, self.columns, self.rows_per_block),
+                     BlockMetadata(num_rows=None, size_bytes=None, input_files=[self.ctx.shards[o]], exec_stats=None))
+            for o in self.orders
         ]
 
 
-def kept_rows_plan(shards: list[KeptShard], ops: list[Op], output_uri: str, storage: iofs.Storage,
-                   columns: list[str], rows_per_block: int) -> ray.data.Dataset:
-    """staged kept rows → ops → column patches (src_index + the ops' columns); one summary row per (batch, shard)."""
-    ds = ray.data.read_datasource(KeptRowsDatasource(shards, output_uri, storage, columns, rows_per_block),
-                                  override_num_blocks=max(1, len(shards)))
+def kept_rows_plan(ctx: SelectionContext, orders: list[int], ops: list[Op], output_sha: str,
+                   columns: tuple[str, ...], rows_per_block: int) -> ray.data.Dataset:
+    """kept rows → ops → column patches (src_index + the ops' columns); one summary row per (batch, shard)."""
+    ds = ray.data.read_datasource(KeptRowsDatasource(ctx, orders, columns, rows_per_block),
+                                  override_num_blocks=max(1, len(orders)))
     for op in ops:
-        ds = add_op(ds, op, output_uri, storage)
+        ds = add_op(ds, op, ctx.output_uri, ctx.storage)
     patch_columns = tuple(dict.fromkeys(c for op in ops for c in op.writes))
-    return ds.map_batches(functools.partial(_stage, output_uri=output_uri, storage=storage,
-                                            patch_columns=patch_columns),
+    return ds.map_batches(functools.partial(stage_patches, ctx=ctx, output_sha=output_sha, columns=patch_columns),
                           batch_size=None, batch_format="pyarrow", zero_copy_batch=True)
 
 
@@ -172,10 +121,10 @@ def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage)
 
 
 def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], output_uri: str,
-                 storage: iofs.Storage) -> ray.data.Dataset:
-    """read → ops → stage fragments; yields one summary row per (batch, shard) — see `stage_batch`."""
+                 storage: iofs.Storage, schema: pa.Schema) -> ray.data.Dataset:
+    """read → ops → staged signal fragments; yields one summary row per (batch, shard) — see `signals.stage_batch`."""
     ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)))
     for op in ops:
         ds = add_op(ds, op, output_uri, storage)
-    return ds.map_batches(functools.partial(_stage, output_uri=output_uri, storage=storage), batch_size=None,
-                          batch_format="pyarrow", zero_copy_batch=True)
+    return ds.map_batches(functools.partial(_stage_signals, output_uri=output_uri, storage=storage, schema=schema),
+                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True)

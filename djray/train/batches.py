@@ -20,7 +20,7 @@ import numpy as np
 
 from djray import schema as S
 from djray.geometry import canonical_crop, flip_patch_index, open_image
-from djray.ops.vision.select import rank_desc, sample_rng, select_patches
+from djray.patches import rank_desc, sample_rng, select_patches
 from djray.train.config import TrainConfig
 from djray.train.data import MAX_PIXELS, DataPlan, RowStream, TrainDataError
 

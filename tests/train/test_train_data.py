@@ -13,7 +13,7 @@ import pytest
 from djray import schema as S
 from djray.config import ConfigError
 from djray.geometry import canonical_crop, flip_patch_index, open_image
-from djray.ops.vision.select import select_patches
+from djray.patches import select_patches
 from djray.train.config import parse_train_config
 from djray.train.batches import BatchBuilder, kept_indices
 from djray.train.data import TrainDataError, inspect_data, open_stream

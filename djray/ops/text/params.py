@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from djray.ops.base import Params
+from djray.ops.base import RUNTIME, Params
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LLM_MODES = ("text_only", "rewrite")
@@ -44,15 +44,15 @@ class TextParams(Params):
     mode: Literal["none", "text_only", "concat", "rewrite"] = "rewrite"
     engine: Literal["vllm", "openai", "transformers"] | None = None
     model: str | None = None
-    endpoint: str | None = None
-    api_key_env: str | None = "OPENAI_API_KEY"
+    endpoint: str | None = Field(None, json_schema_extra=RUNTIME)
+    api_key_env: str | None = Field("OPENAI_API_KEY", json_schema_extra=RUNTIME)
     prompt: str | None = None
     max_new_tokens: int = Field(96, ge=1, le=4096)
-    batch_size: int = Field(256, ge=1)
-    resources: TextResources = TextResources()
-    concurrency: int = Field(16, ge=1, le=1024)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=20)
+    batch_size: int = Field(256, ge=1, json_schema_extra=RUNTIME)
+    resources: TextResources = Field(TextResources(), json_schema_extra=RUNTIME)
+    concurrency: int = Field(16, ge=1, le=1024, json_schema_extra=RUNTIME)
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=RUNTIME)
+    max_retries: int = Field(4, ge=0, le=20, json_schema_extra=RUNTIME)
     temperature: float = 0.0
 
     @field_validator("temperature")

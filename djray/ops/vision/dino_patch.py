@@ -26,7 +26,7 @@ from djray import schema as S
 from djray.ops.base import Op, Resources, alive_mask
 from djray.ops.vision.class_head import build_head, probabilities, top_classes
 from djray.ops.vision.params import VisionParams
-from djray.ops.vision.select import select_patches
+from djray.patches import select_patches
 
 log = logging.getLogger(__name__)
 

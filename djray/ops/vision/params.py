@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from djray.models import weights as W
-from djray.ops.base import Params, check_templates
+from djray.ops.base import RUNTIME, Params, check_templates
 
 AGGREGATION_RE = re.compile(r"^(mean_prob|mean_logit|max_prob|head:\d+)$")
 DEFAULT_TEMPLATES = (
@@ -67,6 +67,10 @@ class HeadParams(Params):
 
 
 class VisionParams(Params):
+    # Patch selection: chosen in phase C from the stored scores, so these are selection parameters (another ratio
+    # re-selects without a model); every other key shapes the signals.
+    SELECTION_FIELDS: ClassVar[tuple[str, ...]] = ("ratio", "strategy", "seed", "strata", "mix_alpha")
+
     model: str = "vit_small_patch16_224.dino"
     weights: str = "hub"
     image_size: int = Field(224, ge=16)
@@ -75,8 +79,8 @@ class VisionParams(Params):
     ratio: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batch_size: int = Field(64, ge=1)
-    resources: VisionResources = VisionResources()
+    batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
+    resources: VisionResources = Field(VisionResources(), json_schema_extra=RUNTIME)
     head: HeadParams = HeadParams()
     strata: int = Field(4, ge=1)  # stratified: number of equal-count score strata
     mix_alpha: float = Field(0.5, ge=0.0, le=1.0)  # mix: fraction of k taken from the top scores

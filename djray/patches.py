@@ -1,5 +1,8 @@
 """Patch retention (seed-algorithms.md §2.3): pick k of m patch indices from one image's score map. Pure numpy.
 
+Contract code beside `geometry.py`: governance chooses `patch_idx` with it in phase C (from the stored scores) and the
+trainer's `rescore` mode with the same function, so the two never diverge.
+
 * k = max(1, floor(r·m + 0.5)) — round half up, not Python's banker's ``round`` (r=0.5, m=49 → 25, not 24).
 * Ranking is by score descending, ties broken by the lower raster index; NaN scores rank last.
 * Random choices come from ``np.random.default_rng`` seeded with blake2b(seed, key): the same sample gets the same

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from djray.ops.vision.select import STRATEGIES, num_keep, rank_desc, select_patches, strata_of
+from djray.patches import STRATEGIES, num_keep, rank_desc, select_patches, strata_of
 
 
 def scores(m=196, seed=0):

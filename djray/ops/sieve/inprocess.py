@@ -1,0 +1,107 @@
+"""Run sieves in one process on a pyarrow Table of signals: the reference semantics of the distributed runtime
+(`djray.runtime.select` reproduces them at scale), for tests and notebooks.
+
+    table = pq.read_table("OUTPUT/signals/")              # or any table with `key` and the columns a sieve reads
+    result = run_sieves([build_sieve(RandomParams(keep_fraction=0.5))], table)
+    result.filter(result["keep"])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from djray import schema as S
+from djray.ops.sieve.base import (ROW_ID, Decision, GroupSieve, RankSieve, Sieve, alive, sample_filter, sample_order,
+                                  sample_seed, sort_by_row_id, top_n_mask)
+
+
+def with_runtime_columns(table: pa.Table) -> pa.Table:
+    """Add the columns every sieve may rely on: a row id (table order unless present), src_shard and src_index."""
+    n = table.num_rows
+    if ROW_ID not in table.column_names:
+        table = table.append_column(ROW_ID, pa.array(np.arange(n, dtype=np.int64)))
+    if S.SRC_SHARD not in table.column_names:
+        table = table.append_column(S.SRC_SHARD, pa.array([""] * n, pa.string()))
+    if S.SRC_INDEX not in table.column_names:
+        table = table.append_column(S.SRC_INDEX, table.column(ROW_ID))
+    return table
+
+
+def decide(sieve: Sieve, rows: pa.Table) -> Decision:
+    """One sieve over `rows` (alive rows, sorted by row id): fit, then group/select or rank."""
+    rows = sort_by_row_id(rows)
+    if sieve.fit_rows == "scan":
+        sieve.fit(iter([rows]))
+    elif sieve.fit_rows == "sample":
+        fraction = sieve.sample_size(rows.num_rows) / max(rows.num_rows, 1)
+        sieve.fit(iter([sample_order([sample_filter(rows, sample_seed(sieve), fraction)])]))
+    if isinstance(sieve, RankSieve):
+        return _rank(sieve, rows)
+    assert isinstance(sieve, GroupSieve)
+    return _grouped(sieve, rows)
+
+
+def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
+    score = sieve.score(rows)
+    t = sieve.threshold()
+    if t is not None:
+        keep, cutoff = score >= t, t
+    else:
+        keep = top_n_mask(score, sieve.budget(rows.num_rows), sieve.tie_break(rows))
+        cutoff = float(score[keep].min()) if keep.any() else None
+    details = [None if k else sieve.drop_detail(float(s), cutoff) for k, s in zip(keep, score)]
+    return Decision(keep, details, sieve.publish(rows, score))
+
+
+def _grouped(sieve: GroupSieve, rows: pa.Table) -> Decision:
+    n = rows.num_rows
+    groups = sieve.group(rows)
+    keep = np.ones(n, dtype=bool)
+    details: list[str | None] = [None] * n
+    columns: dict[str, list] = {name: [None] * n for name in sieve.writes}
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        d = sieve.select(rows.take(pa.array(idx)))
+        keep[idx] = d.keep
+        for j, i in enumerate(idx):
+            if d.detail is not None and not d.keep[j]:
+                details[i] = d.detail[j]
+        for name in sieve.writes:
+            values = d.columns[name].to_pylist()
+            for j, i in enumerate(idx):
+                columns[name][i] = values[j]
+    typed = {name: pa.array(v, S.PUBLISHED_FIELDS[name]) for name, v in columns.items()}
+    return Decision(keep, details, typed)
+
+
+def run_sieves(sieves: list[Sieve], table: pa.Table) -> pa.Table:
+    """Apply `sieves` in order to the alive rows of `table`; returns the table (sorted by row id) with `keep`,
+    `stage`, `reason`, `detail` for the sieve decisions and every published column."""
+    table = sort_by_row_id(with_runtime_columns(alive(table)))
+    n = table.num_rows
+    alive_now = np.ones(n, dtype=bool)
+    stage: list[str | None] = [None] * n
+    reason: list[str | None] = [None] * n
+    detail: list[str | None] = [None] * n
+    published: dict[str, list] = {}
+    for sieve in sieves:
+        idx = np.flatnonzero(alive_now)
+        d = decide(sieve, table.take(pa.array(idx)))
+        for name, col in d.columns.items():
+            values = published.setdefault(name, [None] * n)
+            for j, v in zip(idx, col.to_pylist()):
+                values[j] = v
+        for j in np.flatnonzero(~d.keep):
+            i = idx[j]
+            alive_now[i] = False
+            stage[i], reason[i], detail[i] = sieve.stage, sieve.reason, (d.detail[j] if d.detail else None)
+    out = table
+    for name, values in published.items():
+        out = out.append_column(name, pa.array(values, S.PUBLISHED_FIELDS[name]))
+    for name, values in (("keep", alive_now), ("stage", stage), ("reason", reason), ("detail", detail)):
+        if name in out.column_names:
+            out = out.drop_columns([name])
+        out = out.append_column(name, pa.array(values, pa.bool_() if name == "keep" else pa.string()))
+    return out

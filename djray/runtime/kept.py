@@ -1,0 +1,45 @@
+"""Phase C's first half: the rows still kept after the selection, fed to the ops that must see kept rows only (the
+text branch: the LLM never rewrites a caption the sieves dropped), and the column patches those ops return.
+
+Kept rows are read from the signals store minus every step's drops (no image bytes); each batch's new columns are
+staged as a patch fragment (src_index + the op's columns) under `_djray/out/<output sha>/patches/<shard>/`, named by
+the rows they hold so a retried task rewrites the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from djray import schema as S
+from djray.io import fs as iofs
+from djray.runtime.decisions import SelectionContext, alive_rows
+from djray.runtime.signals import fragment_name, stage_by_shard
+
+def read_kept_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...],
+                   rows_per_block: int) -> Iterator[pa.Table]:
+    """A shard's kept rows in blocks, in the op-facing layout (reject columns null), then its end-of-shard marker."""
+    kept = alive_rows(ctx, order, columns, len(ctx.steps))
+    kept = kept.select([S.KEY, S.SRC_INDEX, *columns]).append_column(
+        S.SRC_SHARD, pa.array([ctx.shards[order]] * kept.num_rows, pa.string()))
+    for name in (S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ROWS):
+        kept = kept.append_column(name, pa.nulls(kept.num_rows, pa.int64() if name == S.SHARD_ROWS else pa.string()))
+    for start in range(0, kept.num_rows, rows_per_block):
+        yield kept.slice(start, rows_per_block)
+    marker: dict[str, list[Any]] = {name: [None] for name in kept.column_names}
+    marker.update({S.SRC_SHARD: [ctx.shards[order]], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
+                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [kept.num_rows]})
+    yield pa.table(marker, schema=kept.schema)
+
+
+def stage_patches(batch: pa.Table, ctx: SelectionContext, output_sha: str, columns: tuple[str, ...]) -> pa.Table:
+    """Write one batch's op columns as a patch fragment per shard; return its summary (see `stage_by_shard`)."""
+    fs, layout = ctx.out()
+
+    def write(src_shard: str, rows: pa.Table) -> None:
+        path = f"{layout.patch_dir(output_sha, src_shard)}/{fragment_name(rows)}"
+        iofs.write_table_atomic(fs, path, rows.select([S.SRC_INDEX, *columns]), compression="lz4")
+
+    return stage_by_shard(batch, write)

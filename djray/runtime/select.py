@@ -1,0 +1,286 @@
+"""Phase B: the steps of the selection (key_dedup, then the configured sieves), each over the rows still alive.
+
+Decisions stay distributed: tasks read the signals store, decide, and write per-shard decision files; the driver
+gets counts, never rows. Per step:
+
+* fit (optional) — a seeded sample gathered by map tasks, or a streamed scan in one task, feeds `sieve.fit`;
+* grouped sieve  — map tasks (a few shards each) compute `group` and split rows by group hash into P partitions;
+  reduce task p calls `select` on each of its groups (rows sorted by row id) and splits its decisions by shard into
+  Q parts; writer task q writes them as per-shard decision files. No task holds more than whole groups.
+* ranked sieve   — map tasks return (row id, score): 12 bytes per row reach one task, which finds the exact cut-off
+  of the top n; rows tied at the cut-off are ordered by the sieve's tie-break in a second small pass; map tasks then
+  write the per-shard decisions. A threshold needs no gather at all.
+
+A step's completion marker (`_djray/select/<selection sha>/<i>-<op>.json`, its counts) is written after all its
+files: a resume never recomputes a finished step, so a sampled k-means or a greedy pass cannot give another keep set
+for shards written after a crash. An unfinished step's files are deleted and the step is redone.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from djray import schema as S
+from djray.io import fs as iofs
+from djray.ops.sieve import build_sieve
+from djray.ops.sieve.base import ROW_ID, GroupSieve, RankSieve, Sieve, SieveParams, sample_filter, sample_order, \
+    sample_seed
+from djray.runtime.decisions import SelectionContext, Step, alive_rows, decision_rows, write_decisions
+
+TARGET_PARTITION_BYTES = 256 << 20  # rows one reduce task holds, in bytes of the columns its sieve reads
+TARGET_MAP_BYTES = 128 << 20
+MAX_PARTITIONS = 512
+MAX_FITTED_BYTES = 512 << 20
+_GROUP = "_group"
+
+
+def steps_of(params: list[SieveParams], shas: list[str]) -> tuple[Step, ...]:
+    sieves = [build_sieve(p) for p in params]
+    return tuple(Step(i, p.op, s.reason, tuple(s.writes), sha)
+                 for i, (p, s, sha) in enumerate(zip(params, sieves, shas)))
+
+
+def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: Callable[[], int],
+                  column_bytes: Callable[[], dict[str, float]], cpus: int,
+                  log: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
+    """Run every step not yet marked done; return one record per step (rows_in, dropped, kept, describe).
+
+    `pool_rows` (rows alive before the first step, an estimate is fine) and `column_bytes` (bytes per row of each
+    signal column) are asked for only when a step has to run: they size the tasks."""
+    fs, layout = ctx.out()
+    records: list[dict[str, Any]] = []
+    pool: int | None = None
+    widths: dict[str, float] | None = None
+    for step, p in zip(ctx.steps, params):
+        marker_path = layout.step_marker(step.name)
+        record = iofs.read_json(fs, marker_path)
+        if record is None:
+            iofs.delete_dir(fs, layout.step_dir(step.name))
+            sieve = build_sieve(p)
+            pool = pool_rows() if pool is None else pool
+            widths = column_bytes() if widths is None else widths
+            width = 64 + sum(widths.get(c, 16) for c in sieve.reads)
+            record = _run_step(ctx, step, sieve, pool, width, cpus)
+            record.update(op=step.op, step=step.name, params=p.model_dump(mode="json"), describe=sieve.describe())
+            iofs.write_json(fs, marker_path, record)
+            log(f"[select] {step.name}: {record['dropped']:,} of {record['rows_in']:,} rows dropped")
+        records.append(record)
+        pool = record["kept"]
+    return records
+
+
+def _chunks(n_shards: int, rows: int, width: float, cpus: int) -> list[list[int]]:
+    n = max(1, min(n_shards, max(2 * cpus, math.ceil(rows * width / TARGET_MAP_BYTES))))
+    return [list(range(i, n_shards, n)) for i in range(n)]
+
+
+def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width: float, cpus: int) -> dict[str, Any]:
+    chunks = _chunks(len(ctx.shards), pool, width, cpus)
+    ctx_ref = ray.put(ctx)
+    if sieve.fit_rows != "none":
+        sieve = _fit(ctx_ref, chunks, step, sieve, pool)
+    sieve_ref = ray.put(sieve)
+    if isinstance(sieve, RankSieve):
+        return _ranked(ctx_ref, chunks, step, sieve, sieve_ref)
+    assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
+    parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
+    return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)))
+
+
+# ---- fit -----------------------------------------------------------------------------------------------------------
+
+def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int) -> Sieve:
+    if sieve.fit_rows == "scan":
+        fitted = _fit_scan.remote(ctx_ref, step.index, sieve)
+    else:
+        fraction = min(1.0, sieve.sample_size(pool) / max(pool, 1))
+        seed = sample_seed(sieve)
+        pieces = [_sample.remote(ctx_ref, c, step.index, sieve.reads, seed, fraction) for c in chunks]
+        fitted = _fit_sample.remote(sieve, *pieces)
+    sieve = ray.get(fitted)
+    size = len(pickle.dumps(sieve))
+    if size > MAX_FITTED_BYTES:
+        raise RuntimeError(f"sieve {step.op}: fitted state is {size >> 20} MiB (limit {MAX_FITTED_BYTES >> 20} MiB)")
+    return sieve
+
+
+@ray.remote(num_cpus=1)
+def _sample(ctx: SelectionContext, orders: list[int], before: int, reads: tuple[str, ...], seed: int,
+            fraction: float) -> pa.Table:
+    return pa.concat_tables([sample_filter(alive_rows(ctx, o, reads, before), seed, fraction) for o in orders])
+
+
+@ray.remote(num_cpus=1)
+def _fit_sample(sieve: Sieve, *pieces: pa.Table) -> Sieve:
+    sieve.fit(iter([sample_order(list(pieces))]))
+    return sieve
+
+
+@ray.remote(num_cpus=1)
+def _fit_scan(ctx: SelectionContext, before: int, sieve: Sieve) -> Sieve:
+    sieve.fit(alive_rows(ctx, o, sieve.reads, before) for o in range(len(ctx.shards)))
+    return sieve
+
+
+# ---- grouped sieves ------------------------------------------------------------------------------------------------
+
+def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int, writers: int) -> dict[str, Any]:
+    mapped = [_map_groups.options(num_returns=parts + 1).remote(ctx_ref, c, step.index, sieve_ref, parts)
+              for c in chunks]
+    rows_in = sum(ray.get([m[-1] for m in mapped]))
+    reduced = [_reduce_groups.options(num_returns=writers + 1).remote(ctx_ref, step, sieve_ref, writers,
+                                                                       *[m[p] for m in mapped])
+               for p in range(parts)]
+    dropped = sum(ray.get([r[-1] for r in reduced]))
+    files = sum(ray.get([_write.remote(ctx_ref, step, *[r[q] for r in reduced]) for q in range(writers)]))
+    return {"rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
+            "tasks": {"map": len(chunks), "reduce": parts, "write": writers}}
+
+
+@ray.remote(num_cpus=1)
+def _map_groups(ctx: SelectionContext, orders: list[int], before: int, sieve: GroupSieve, parts: int):
+    rows = pa.concat_tables([alive_rows(ctx, o, sieve.reads, before) for o in orders])
+    groups = np.asarray(sieve.group(rows), dtype=np.int64) if rows.num_rows else np.zeros(0, np.int64)
+    rows = rows.append_column(_GROUP, pa.array(groups))
+    bucket = np.mod(groups, parts)
+    return (*[rows.filter(pa.array(bucket == p)) for p in range(parts)], rows.num_rows)
+
+
+@ray.remote(num_cpus=1)
+def _reduce_groups(ctx: SelectionContext, step: Step, sieve: GroupSieve, writers: int, *pieces: pa.Table):
+    rows = pa.concat_tables(pieces).sort_by([(_GROUP, "ascending"), (ROW_ID, "ascending")])
+    groups = rows.column(_GROUP).to_numpy()
+    rows = rows.drop_columns([_GROUP])
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if groups.size else np.zeros(0, np.int64)
+    out = []
+    for start, end in zip(starts, np.r_[starts[1:], groups.size]):
+        group = rows.slice(start, end - start)
+        d = sieve.select(group)
+        keep = np.asarray(d.keep, dtype=bool)
+        if keep.size != group.num_rows:
+            raise ValueError(f"sieve {step.op}: select returned {keep.size} decisions for {group.num_rows} rows")
+        out.append(decision_rows(group.column(ROW_ID).to_numpy(), keep, d.detail, step, dict(d.columns)))
+    decided = pa.concat_tables(out) if out else decision_rows(np.zeros(0, np.int64), np.zeros(0, bool), None, step,
+                                                               _empty_published(step))
+    dropped = decided.num_rows - decided.column(S.REASON).null_count
+    bucket = np.mod(decided.column(ROW_ID).to_numpy() >> 32, writers)
+    return (*[decided.filter(pa.array(bucket == q)) for q in range(writers)], dropped)
+
+
+@ray.remote(num_cpus=1)
+def _write(ctx: SelectionContext, step: Step, *pieces: pa.Table) -> int:
+    return write_decisions(ctx, step, pa.concat_tables(pieces))
+
+
+def _empty_published(step: Step) -> dict[str, pa.Array]:
+    return {name: pa.array([], S.PUBLISHED_FIELDS[name]) for name in step.writes}
+
+
+# ---- ranked sieves -------------------------------------------------------------------------------------------------
+
+def _ranked(ctx_ref, chunks: list[list[int]], step: Step, sieve: RankSieve, sieve_ref) -> dict[str, Any]:
+    cutoff, ties = sieve.threshold(), None
+    rows_in = None
+    if cutoff is None:
+        scored = [_scores.remote(ctx_ref, c, step.index, sieve_ref) for c in chunks]
+        cutoff, n_keep, rows_in, need, tied = ray.get(_cut.remote(sieve_ref, *scored))
+        if need is not None and need < tied:
+            tie_rows = [_tied.remote(ctx_ref, c, step.index, sieve_ref, cutoff) for c in chunks]
+            ties = ray.get(_pick_ties.remote(need, *tie_rows))
+    counts = ray.get([_decide.remote(ctx_ref, c, step, sieve_ref, cutoff, ties) for c in chunks])
+    seen = sum(c[0] for c in counts)
+    dropped = sum(c[1] for c in counts)
+    record = {"rows_in": seen, "dropped": dropped, "kept": seen - dropped, "files": sum(c[2] for c in counts),
+              "cutoff": None if cutoff is None or math.isinf(cutoff) else float(cutoff),
+              "tasks": {"map": len(chunks)}}
+    assert rows_in is None or rows_in == seen
+    return record
+
+
+@ray.remote(num_cpus=1)
+def _scores(ctx: SelectionContext, orders: list[int], before: int, sieve: RankSieve) -> pa.Table:
+    """(row id, score): 12 bytes per alive row."""
+    rows = pa.concat_tables([alive_rows(ctx, o, sieve.reads, before) for o in orders])
+    score = np.asarray(sieve.score(rows), dtype=np.float32) if rows.num_rows else np.zeros(0, np.float32)
+    return pa.table({ROW_ID: rows.column(ROW_ID), "score": pa.array(score)})
+
+
+@ray.remote(num_cpus=1)
+def _cut(sieve: RankSieve, *scored: pa.Table):
+    """The exact cut-off of the top n: (cut-off score, n, pool, rows still needed among the tied, rows tied)."""
+    score = np.concatenate([t.column("score").to_numpy() for t in scored]) if scored else np.zeros(0, np.float32)
+    pool = int(score.size)
+    if np.isnan(score).any():
+        raise ValueError(f"sieve {sieve.name}: NaN scores")
+    n = sieve.budget(pool)
+    if n >= pool:
+        return -math.inf, n, pool, None, 0
+    if n <= 0:
+        return math.inf, n, pool, None, 0
+    cutoff = float(np.partition(score, pool - n)[pool - n])  # the n-th largest
+    above = int((score > cutoff).sum())
+    tied = int((score == cutoff).sum())
+    return cutoff, n, pool, n - above, tied
+
+
+@ray.remote(num_cpus=1)
+def _tied(ctx: SelectionContext, orders: list[int], before: int, sieve: RankSieve, cutoff: float) -> pa.Table:
+    rows = pa.concat_tables([alive_rows(ctx, o, sieve.reads, before) for o in orders])
+    if rows.num_rows:
+        rows = rows.filter(pa.array(np.asarray(sieve.score(rows), dtype=np.float32) == np.float32(cutoff)))
+    keys = sieve.tie_break(rows)
+    return pa.table({ROW_ID: rows.column(ROW_ID), **{f"t{i}": k for i, k in enumerate(keys)}})
+
+
+@ray.remote(num_cpus=1)
+def _pick_ties(need: int, *tied: pa.Table) -> np.ndarray:
+    table = pa.concat_tables(tied)
+    sort = [(name, "ascending") for name in table.column_names if name != ROW_ID]
+    order = pc.sort_indices(table, sort_keys=sort)
+    return np.sort(table.column(ROW_ID).take(order.slice(0, need)).to_numpy())
+
+
+@ray.remote(num_cpus=1)
+def _decide(ctx: SelectionContext, orders: list[int], step: Step, sieve: RankSieve, cutoff: float,
+            ties: np.ndarray | None) -> tuple[int, int, int]:
+    """Score again, keep score > cut-off (or >= without a tie list) plus the chosen tied rows, write decisions."""
+    seen = dropped = files = 0
+    for o in orders:
+        rows = alive_rows(ctx, o, sieve.reads, step.index)
+        if not rows.num_rows:
+            continue
+        score = np.asarray(sieve.score(rows), dtype=np.float32)
+        cut = np.float32(cutoff) if not math.isinf(cutoff) else cutoff
+        keep = score > cut if ties is not None else score >= cut
+        if ties is not None:
+            keep |= (score == cut) & np.isin(rows.column(ROW_ID).to_numpy(), ties)
+        shown = None if math.isinf(cutoff) else float(cutoff)
+        details = [None if k else sieve.drop_detail(float(s), shown) for k, s in zip(keep, score)]
+        decided = decision_rows(rows.column(ROW_ID).to_numpy(), keep, details, step, sieve.publish(rows, score))
+        files += write_decisions(ctx, step, decided)
+        seen += rows.num_rows
+        dropped += int((~keep).sum())
+    return seen, dropped, files
+
+
+def bytes_per_row(fs, path: str) -> dict[str, float]:
+    """Uncompressed bytes per row of each column of one signals file (sizes phase-B partitions)."""
+    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    rows = max(meta.num_rows, 1)
+    sizes: dict[str, float] = {}
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            name = col.path_in_schema.split(".")[0]
+            sizes[name] = sizes.get(name, 0.0) + col.total_uncompressed_size / rows
+    return sizes
