@@ -117,10 +117,12 @@ def _manifest(plan: Plan, started: float, rows: int, phases: dict[str, float], s
     done_ledger = Ledger(fs, layout.done_dir(plan.fps.output))
     earlier = done_ledger.read_many([s for s in plan.shards if s not in done_now and s in done_ledger.listing()])
     records = [done_now.get(s) or earlier.get(s) or {"shard": s, "status": "pending"} for s in plan.shards]
+    sig_fs, sig_layout = plan.selection_context().sig()  # phase A's models: recorded where the signals were made
     models = {}
-    for op in plan.ops + plan.kept_ops:
-        if op.stateful:
-            models[op.stage] = iofs.read_json(fs, layout.model_record(op.name)) or {"op": op.name}
+    for ops, (where_fs, where) in ((plan.ops, (sig_fs, sig_layout)), (plan.kept_ops, (fs, layout))):
+        for op in ops:
+            if op.stateful:
+                models[op.stage] = iofs.read_json(where_fs, where.model_record(op.name)) or {"op": op.name}
     complete = error is None and all(r["status"] == "done" for r in records)
     manifest = build_manifest(
         config=plan.cfg.model_dump(mode="json", by_alias=True), config_sha256=plan.fps.output, shards=records,

@@ -54,7 +54,7 @@ class Plan:
 
     @property
     def signals_from_elsewhere(self) -> bool:
-        return self.signals_uri != self.cfg.output.path
+        return self.cfg.signals.from_ is not None
 
     def footer(self, signals: bool = False) -> dict[bytes, bytes]:
         """Footer metadata of the output files (`signals=True`: of a sealed signals file, which belongs to no

@@ -87,9 +87,12 @@ def finalize_shard(spec: FinalizeSpec, order: int) -> dict[str, Any]:
     iofs.write_table_atomic(fs, layout.data(src_shard), data, spec.compression, uncompressed=(S.IMAGE,))
     iofs.write_table_atomic(fs, layout.rejects(src_shard), rejects, spec.compression, uncompressed=(S.IMAGE,))
     if published or ctx.signals_uri != ctx.output_uri or _has_foreign_selection(signals, ctx.selection_sha):
+        # phase A's columns as they were (its reject triple, not the sieves'), plus this selection's published ones
+        for name in spec.published:
+            signals = _set(signals, name, table.column(name))
         schema = S.signals_schema(vision, spec.published).with_metadata(
-            {**spec.footer, S.META_SELECTION_SHA256: ctx.selection_sha.encode()})
-        iofs.write_table_atomic(fs, layout.signals(src_shard), project(table, schema, schema.metadata), "zstd")
+            {**(signals.schema.metadata or {}), S.META_SELECTION_SHA256: ctx.selection_sha.encode()})
+        iofs.write_table_atomic(fs, layout.signals(src_shard), project(signals, schema, schema.metadata), "zstd")
     Ledger(fs, layout.done_dir(spec.output_sha)).write(src_shard, counts)
     return counts
 
