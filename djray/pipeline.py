@@ -15,8 +15,9 @@ Re-running the same command after any crash resumes: every phase skips what its 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,21 +46,21 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     ensure_ray(cfg)
     check_cpu_budget(cfg, [plan.ops, plan.kept_ops])
     _claim_output(plan)
-    phases: dict[str, float] = {}
+    clock = PhaseClock()
     rows = 0
     steps: list[dict[str, Any]] = []
     done: dict[str, dict[str, Any]] = {}
     error = None
     try:
-        with _timed(phases, "stream_s"):
+        with clock("stream_s"):
             rows = _phase_a(plan, progress)
-        with _timed(phases, "select_s"):
+        with clock("select_s"):
             steps = _phase_b(plan, log)
-        with _timed(phases, "write_s"):
-            done = _phase_c(plan, progress, phases)
+        with clock("write_s"):
+            done = _phase_c(plan, progress, clock)
     except (ray.exceptions.RayError, OSError, RuntimeError) as e:
         error = root_cause(e)
-    manifest = _manifest(plan, started, rows, phases, steps, done, error)
+    manifest = _manifest(plan, started, rows, clock.seconds, steps, done, error)
     if error:
         raise JobError(f"{error}\n(completed shards are kept: fix the cause, then re-run the same command to resume)")
     if not manifest["accounting_ok"]:
@@ -98,7 +99,7 @@ def _rows_in_signals(fs: pafs.FileSystem, layout: Layout, shards: list[str]) -> 
         return sum(pool.map(lambda s: pq.ParquetFile(layout.signals(s), filesystem=fs).metadata.num_rows, shards))
 
 
-def _phase_c(plan: Plan, progress: bool, phases: dict[str, float]) -> dict[str, dict[str, Any]]:
+def _phase_c(plan: Plan, progress: bool, clock: PhaseClock) -> dict[str, dict[str, Any]]:
     fs, layout = plan.out_fs, plan.layout
     written = Ledger(fs, layout.done_dir(plan.fps.output)).listing()
     pending = [s for s in plan.shards if s not in written]
@@ -106,7 +107,7 @@ def _phase_c(plan: Plan, progress: bool, phases: dict[str, float]) -> dict[str, 
         patched = Ledger(fs, layout.patched_dir(plan.fps.output)).listing()
         todo = [s for s in pending if s not in patched]
         if todo:
-            with _timed(phases, "text_s"):
+            with clock("text_s"):
                 run_kept_ops(plan, todo, progress)
     return run_final_write(plan, pending, progress) if pending else {}
 
@@ -148,15 +149,19 @@ def _clean_up(plan: Plan) -> None:
                 fs.delete_dir(info.path) if info.type == pafs.FileType.Directory else fs.delete_file(info.path)
 
 
-class _timed:
-    def __init__(self, phases: dict[str, float], name: str):
-        self.phases, self.name = phases, name
+class PhaseClock:
+    """Wall seconds per phase of one run (`with clock("write_s"): ...`), for the manifest."""
 
-    def __enter__(self) -> None:
-        self.t0 = time.monotonic()
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
 
-    def __exit__(self, *exc: object) -> None:
-        self.phases[self.name] = self.phases.get(self.name, 0.0) + time.monotonic() - self.t0
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - t0
 
 
 def describe(plan: Plan) -> str:

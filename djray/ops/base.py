@@ -87,9 +87,12 @@ def apply_op_output(batch: pa.Table, op: Op, out: dict[str, Any]) -> pa.Table:
     new_reasons = out.pop(S.REJECT_REASON, None)
     new_details = out.pop(S.REJECT_DETAIL, None)
     for name, col in out.items():
-        arr = col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col)
+        want = S.column_type(name)  # outputs take the contract's types, whatever the op built
+        arr = col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col, type=want)
         if len(arr) != n:
             raise ValueError(f"op {op.name} returned {len(arr)} values for column {name!r}, batch has {n} rows")
+        if want is not None and arr.type != want:
+            arr = arr.cast(want)
         batch = set_column(batch, name, arr)
     if new_reasons is not None:
         reasons = pa.array(new_reasons, type=pa.string())

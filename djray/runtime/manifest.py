@@ -98,8 +98,14 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  captions      {shown}")
         for reason, count in sorted(manifest["text_fallback_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    fallback {reason:<15}{count:>10,}")
-    lines.append(f"  this run      {run['rows_processed']:>12,} rows in {run['elapsed_s']:.1f}s"
-                 f" = {run['rows_per_s']:,.1f} rows/s")
+    steps = [s for s in manifest.get("selection", []) if s.get("dropped")]
+    if steps:
+        lines.append("  selection     " + ", ".join(f"{s['op']} {s['rows_in']:,} → {s['kept']:,}" for s in steps))
+    if run["rows_processed"] or not manifest["rows_in"]:
+        lines.append(f"  this run      {run['rows_processed']:>12,} rows in {run['elapsed_s']:.1f}s"
+                     f" = {run['rows_per_s']:,.1f} rows/s")
+    else:
+        lines.append(f"  this run      signals reused (no model ran); selection and output in {run['elapsed_s']:.1f}s")
     for name, model in manifest.get("models", {}).items():
         for where in random_weights(model):
             lines.append(f"  WARNING: {name} {where} uses RANDOM weights: its outputs are not meaningful")
