@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from djray.models import weights as W
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
 from djray.ops.text.params import TextParams
@@ -51,11 +52,24 @@ class InputConfig(Section):
     rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits")
 
 
+class StorageTimeouts(Section):
+    connect_s: float = Field(W.DEFAULT_CONNECT_TIMEOUT_S, gt=0, description="to open a connection")
+    request_s: float = Field(W.DEFAULT_REQUEST_TIMEOUT_S, gt=0,
+                             description="the AWS SDK's request timeout (on Linux: the longest a transfer may stall)")
+
+
 class StorageConfig(Section):
-    """S3 endpoint options. Credentials never live here: they come from the standard AWS chain."""
+    """S3 endpoint and retry options. Credentials never live here: they come from the standard AWS chain.
+
+    How a transient failure is retried (request, object, task): djray.io.errors. These keys change how a job runs,
+    not what it writes: they are not part of the config hash."""
 
     endpoint_url: str | None = None
     region: str | None = None
+    retries: int = Field(W.DEFAULT_S3_RETRIES, ge=1, description="attempts per S3 request (AWS SDK, "
+                         "exponential backoff with jitter); the default carries a job through a store that throttles "
+                         "one request in five")
+    timeouts: StorageTimeouts = StorageTimeouts()
 
 
 class OutputConfig(Section):
@@ -70,6 +84,8 @@ class RayConfig(Section):
     max_concurrent_finalize: int = Field(8, ge=1, description="final-write tasks in flight at once")
     finalize_rows_per_task: int = Field(10_000, ge=1, description="small shards share a final-write task until it "
                                         "holds this many rows (fewer worker processes for many small shards)")
+    task_retries: int = Field(3, ge=0, description="times Ray reruns a read/write task that failed on storage after "
+                              "every retry of its requests (or whose worker died); then the job fails, resumable")
 
 
 def _default(model: type[BaseModel], name: str) -> Any:

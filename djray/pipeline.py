@@ -33,10 +33,12 @@ from djray import schema as S
 from djray.config import ConfigError, JobConfig, config_sha256
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
+from djray.io.errors import is_transient, task_args
 from djray.io.writer import Layout, finalize_shards_at, footer_metadata
 from djray.ops.base import Op
 from djray.ops.caption_check import CaptionCheckOp
 from djray.ops.decode import DecodeOp, DecodeParams
+from djray.runtime import auth
 from djray.runtime.dedup import find_duplicate_keys
 from djray.runtime.manifest import build_manifest
 from djray.runtime.progress import Progress
@@ -78,13 +80,13 @@ class Plan:
 
 def prepare(cfg: JobConfig) -> Plan:
     """Every check `run` makes before reading data. Raises ConfigError naming the key at fault."""
-    storage = iofs.Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = iofs.Storage.of(cfg.storage)
     try:
         root, shards = iofs.list_shards(cfg.input.path, cfg.input.format, storage)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"input.path: {e}") from None
     except OSError as e:
-        raise ConfigError(f"input.path: cannot list {cfg.input.path}: {e}") from None
+        raise _preflight_error("input.path", f"cannot list {cfg.input.path}", e) from None
     if not shards:
         suffix = "/".join(iofs.SHARD_SUFFIXES[cfg.input.format])
         raise ConfigError(f"input.path: no {suffix} shards found under {cfg.input.path}")
@@ -140,8 +142,11 @@ def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str,
     errors = []
     for shard in shards[:attempts]:
         try:
-            names = set(pq.read_schema(iofs.join(root, shard), filesystem=fs).names)
+            with iofs.open_sequential(fs, iofs.join(root, shard)) as f:
+                names = set(pq.read_schema(f).names)
         except Exception as e:  # noqa: BLE001 - any footer problem counts as unreadable
+            if is_transient(e):
+                raise _preflight_error("input.path", f"cannot read {shard}", e) from None
             errors.append(f"{shard}: {str(e).splitlines()[0][:200]}")
             continue
         cols = cfg.input.columns
@@ -153,13 +158,20 @@ def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str,
                       + "; ".join(errors))
 
 
+def _preflight_error(key: str, what: str, e: OSError) -> Exception:
+    """A storage failure that outlasted every retry is no config problem: exit 1 (re-run), not 2 (fix the config)."""
+    if is_transient(e):
+        return JobError(f"{key}: {what}: {e} (a storage failure, not a config problem: re-run the same command)")
+    return ConfigError(f"{key}: {what}: {e}")
+
+
 def _check_output(plan: Plan) -> None:
     cfg, fs, layout = plan.cfg, plan.out_fs, plan.layout
     try:
         job = iofs.read_json(fs, layout.job)
         info = fs.get_file_info(layout.root)
     except OSError as e:
-        raise ConfigError(f"output.path: cannot access {cfg.output.path}: {e}") from None
+        raise _preflight_error("output.path", f"cannot access {cfg.output.path}", e) from None
     if isinstance(fs, pafs.LocalFileSystem):
         probe = layout.root
         while not os.path.exists(probe):
@@ -194,9 +206,12 @@ def ensure_ray(cfg: JobConfig) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     if address:
         _check_reachable(address)
+        auth.enable_for_driver()  # token authentication: the token from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token
         try:
             ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError) as e:
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:
+            if auth.is_auth_error(e):
+                raise JobError(auth.failure_line(address)) from None
             raise JobError(f"cannot attach to the Ray cluster at {address}: {e}") from None
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
@@ -278,7 +293,8 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
         if pending:
             t0 = time.monotonic()
             fragments = [f for s in plan.shards if s in staged for f in staged[s]["fragments"]]
-            duplicates = find_duplicate_keys(fragments, fs, sum(m["rows_in"] for m in staged.values()))
+            duplicates = find_duplicate_keys(fragments, fs, sum(m["rows_in"] for m in staged.values()),
+                                             task_retries=cfg.ray.task_retries)
             phases["dedup_s"] = time.monotonic() - t0
             log(f"[dedup] {sum(map(len, duplicates.values()))} duplicate key(s) across {len(plan.shards)} shards")
             if plan.kept_ops:
@@ -306,7 +322,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
         iofs.delete_dir(fs, f"{layout.state}/staging")
         iofs.delete_dir(fs, f"{layout.state}/patches")
     if error:
-        raise JobError(f"{error}\n(completed shards are kept: fix the cause, then re-run the same command to resume)")
+        raise JobError(f"{error} (completed shards are kept: fix the cause, then re-run the same command to resume)")
     if not manifest["accounting_ok"]:
         raise JobError("accounting check failed: rows_in != rows_kept + rows_rejected (see manifest.json)")
     return manifest
@@ -357,7 +373,8 @@ def _stage(plan: Plan, todo: list[str], staged: dict[str, Any], progress: bool) 
         iofs.delete_dir(fs, layout.staging_dir(s))
     order = {s: i for i, s in enumerate(plan.shards)}
     spec = ReadSpec(plan.input_root_uri, plan.cfg.input.format, plan.storage, plan.cfg.input.rows_per_block,
-                    plan.cfg.input.columns.key, plan.cfg.input.columns.image, plan.cfg.input.columns.caption)
+                    plan.cfg.input.columns.key, plan.cfg.input.columns.image, plan.cfg.input.columns.caption,
+                    plan.cfg.ray.task_retries)
     ds = staging_plan([(s, order[s]) for s in todo], spec, plan.ops, plan.cfg.output.path, plan.storage)
     return _collect(ds, todo, layout.staged_marker, staged, fs, Progress("govern", len(todo), enabled=progress))
 
@@ -373,7 +390,7 @@ def _patch(plan: Plan, todo: list[str], staged: dict[str, Any], duplicates: dict
         columns.append(S.VIS_EVIDENCE)
     shards = [KeptShard(s, staged[s], duplicates.get(s, {})) for s in todo]
     ds = kept_rows_plan(shards, plan.kept_ops, plan.cfg.output.path, plan.storage, columns,
-                        plan.cfg.input.rows_per_block)
+                        plan.cfg.input.rows_per_block, plan.cfg.ray.task_retries)
     return _collect(ds, todo, layout.patched_marker, patched, fs, Progress("text", len(todo), enabled=progress))
 
 
@@ -398,7 +415,7 @@ def _finalize(plan: Plan, pending: list[str], staged: dict[str, Any], duplicates
               patched: dict[str, Any] | None, done: dict[str, Any], progress: bool) -> None:
     """Phase C2: tasks write the final data/ and rejects/ files of one shard (or of a group of small shards); the
     driver marks each shard done when its task returns."""
-    task = ray.remote(num_cpus=1, max_retries=2)(finalize_shards_at)
+    task = ray.remote(num_cpus=1, **task_args(plan.cfg.ray.task_retries))(finalize_shards_at)
     footer = plan.footer()
     bar = Progress("write", len(pending), enabled=progress)
     queue = finalize_groups(pending, {s: staged[s]["rows_in"] for s in pending}, plan.cfg.ray.finalize_rows_per_task)

@@ -242,16 +242,18 @@ def test_explicit_address_beats_ray_address(monkeypatch):
     seen = {}
 
     class Client:
-        def __init__(self, address):
-            seen["address"], seen["env"] = address, os.environ.get("RAY_ADDRESS")
+        def __init__(self, address, headers=None):
+            seen["address"], seen["env"], seen["headers"] = address, os.environ.get("RAY_ADDRESS"), headers
 
     import ray.job_submission
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
     monkeypatch.setattr(S.importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t0ken")  # the client presents the token (djray.runtime.auth)
     S.make_client("http://head:8265")
-    assert seen == {"address": "http://head:8265", "env": None}
+    assert seen == {"address": "http://head:8265", "env": None, "headers": {"Authorization": "Bearer t0ken"}}
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:6379"  # restored
 
 

@@ -16,6 +16,9 @@ which skip names starting with `_`):
 
 Exactly-once: final files are only written from a complete fragment set, under deterministic names, atomically;
 a re-run rewrites the same names. Fragments of an interrupted attempt are never listed in a marker and are removed.
+Ray retries a failed staging task (storage failures, a dead worker): the retried attempt writes its fragments under
+new names, and only the fragments whose summary rows reached the driver are listed in the marker — Ray delivers each
+output of a retried streaming task once — so the extra copies are ignored, then removed with the staging directory.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from djray import schema as S
 from djray.io import fs as iofs
@@ -133,7 +135,7 @@ STAGE_SUMMARY_SCHEMA = pa.schema([
 def read_staged_shard(fs: pafs.FileSystem, staged: dict[str, Any], duplicates: dict[int, str],
                       columns: list[str] | None = None) -> pa.Table:
     """A staged shard's rows sorted by src_index, with duplicate-key decisions applied."""
-    fragments = [pq.read_table(f, filesystem=fs, columns=columns) for f in staged["fragments"]]
+    fragments = [iofs.read_parquet(fs, f, columns) for f in staged["fragments"]]
     if fragments:
         table = pa.concat_tables(fragments, promote_options="permissive")
     else:
@@ -153,7 +155,7 @@ def finalize_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, staged: 
     """
     table = read_staged_shard(fs, staged, duplicates)
     if patched is not None:
-        table = _apply_patches(table, [pq.read_table(f, filesystem=fs) for f in patched["fragments"]], src_shard)
+        table = _apply_patches(table, [iofs.read_parquet(fs, f) for f in patched["fragments"]], src_shard)
 
     alive = table.column(S.REJECT_REASON).is_null()
     data = _project(table.filter(alive), S.data_schema(vision), footer)

@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from djray import schema as S
+from djray.io.errors import task_args
+from djray.io.fs import read_parquet
 
 _COLUMNS = [S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.SHARD_ORDER, S.REJECT_REASON]
 ROWS_PER_PARTITION = 2_000_000  # a reduce task holds about this many keys
@@ -31,7 +32,7 @@ MAX_MAP_TASKS = 256
 
 
 def _partition(paths: list[str], fs: pafs.FileSystem, parts: int) -> list[pa.Table] | pa.Table:
-    keys = pa.concat_tables([pq.read_table(p, filesystem=fs, columns=_COLUMNS) for p in paths])
+    keys = pa.concat_tables([read_parquet(fs, p, _COLUMNS) for p in paths])
     keys = keys.filter(pc.and_(pc.is_valid(keys.column(S.KEY)), pc.is_null(keys.column(S.REJECT_REASON))))
     if parts == 1:
         return keys
@@ -66,8 +67,8 @@ def _reduce(*parts: pa.Table) -> pa.Table:
 
 
 def find_duplicate_keys(fragments: list[str], fs: pafs.FileSystem, total_rows: int = 0,
-                        rows_per_map_task: int = ROWS_PER_MAP_TASK,
-                        rows_per_partition: int = ROWS_PER_PARTITION) -> dict[str, dict[int, str]]:
+                        rows_per_map_task: int = ROWS_PER_MAP_TASK, rows_per_partition: int = ROWS_PER_PARTITION,
+                        task_retries: int = 3) -> dict[str, dict[int, str]]:
     """Return {src_shard: {src_index: detail}} for every row that repeats an earlier key.
 
     Map tasks are sized by rows, not by fragments: a small job runs one map and one reduce task in a worker that is
@@ -78,7 +79,7 @@ def find_duplicate_keys(fragments: list[str], fs: pafs.FileSystem, total_rows: i
     parts = max(1, min(256, total_rows // rows_per_partition + 1))
     n_maps = max(1, min(MAX_MAP_TASKS, len(fragments), -(-total_rows // rows_per_map_task)))
     groups = [fragments[i::n_maps] for i in range(n_maps)]
-    map_task = ray.remote(num_cpus=1)(_partition).options(num_returns=parts)
+    map_task = ray.remote(num_cpus=1, **task_args(task_retries))(_partition).options(num_returns=parts)
     mapped = [map_task.remote(g, fs, parts) for g in groups]
     if parts == 1:
         mapped = [[ref] for ref in mapped]

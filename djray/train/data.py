@@ -134,7 +134,7 @@ def _inspect_file(fs: pafs.FileSystem, path: str, rel: str, needed: list[str], g
 
 def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
     """Preflight over footers only. Raises TrainDataError with one message naming the key and the file."""
-    storage = Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = Storage.of(cfg.storage)
     mode = cfg.patches.mode
     try:
         fs, root = resolve(cfg.data.path, storage)

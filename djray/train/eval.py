@@ -153,7 +153,7 @@ def evaluate(cfg: TrainConfig, checkpoint: str, log=print) -> dict[str, Any]:
     ev = cfg.eval
     if ev.classification is None and ev.retrieval is None:
         raise ConfigError("eval: configure eval.classification.path and/or eval.retrieval.path")
-    storage = Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = Storage.of(cfg.storage)
     cls_table = ret_table = None  # read (and check) the data before loading the model
     if ev.classification is not None:
         cls_table = read_eval_table(ev.classification.path, ["image", "label"], "eval.classification.path", storage)
