@@ -102,6 +102,9 @@ def failure_line(address: str, environ: Mapping[str, str] | None = None) -> str:
         return (f"{where}, but {MODE_ENV}=disabled is set here: unset it (or set {MODE_ENV}=token) and "
                 f"{HOW_TO_PROVIDE}")
     token = find_token(environ)
+    named = environ.get(TOKEN_PATH_ENV)
+    if token is None and named and not environ.get(TOKEN_ENV, "").strip():
+        return f"{where} and {TOKEN_PATH_ENV} names {named}, which holds no readable token: {HOW_TO_PROVIDE}"
     if token is None:
         return f"{where} and no token was found here: {HOW_TO_PROVIDE}"
     return (f"{where} and refused the token from {token.source}: it is not this cluster's token; "

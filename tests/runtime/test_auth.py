@@ -61,7 +61,9 @@ def test_failure_lines_say_what_is_missing_and_how_to_provide_it(monkeypatch, tm
     assert wrong.startswith(f"{where} and refused the token from RAY_AUTH_TOKEN") and "nope" not in wrong
     off = auth.failure_line("http://head:8265", {"RAY_AUTH_TOKEN": "t", "RAY_AUTH_MODE": "disabled"})
     assert "RAY_AUTH_MODE=disabled is set here" in off
-    for line in (missing, wrong, off):
+    unreadable = auth.failure_line("http://head:8265", {"RAY_AUTH_TOKEN_PATH": str(tmp_path / "nope")})
+    assert f"RAY_AUTH_TOKEN_PATH names {tmp_path / 'nope'}, which holds no readable token" in unreadable
+    for line in (missing, wrong, off, unreadable):
         assert "\n" not in line and "~/.ray/auth_token" in line and "RAY_AUTH_TOKEN_PATH" in line
 
 
