@@ -5,7 +5,8 @@ file each of those reads is its own ranged GET (~6 per image of a WebDataset sha
 and per-request price every time. Here the object is fetched in windows of `read_ahead` bytes (8 MiB; the whole
 object when it is smaller), and while a sequential reader consumes one window the next is fetched in the background,
 so the reader waits for the store at most once per shard. A Parquet reader's footer-then-column-chunks pattern works
-too (the file is seekable; a read of a whole window or more is one request of exactly that range).
+too: the file is seekable, a seek elsewhere fetches just the bytes asked for (a column projection does not download
+the columns it skips), and a read of a whole window or more is one request of exactly that range.
 
 Build it with `djray.io.fs.open_sequential`. Retry semantics: djray.io.errors.
 """
@@ -29,7 +30,7 @@ class SequentialFile(io.RawIOBase):
         self.name = name
         self._fs, self._path, self._read_ahead, self._attempts = fs, path, max(1, read_ahead), max(1, attempts)
         self._file = None  # pyarrow random-access file, reopened after a failure
-        self._pos = 0
+        self._pos = self._last_end = 0  # position; where the last read ended
         self._win_start, self._win = 0, memoryview(b"")
         self._ahead: tuple[int, Future] | None = None  # (start, fetch of the window after the current one)
         self._pool: ThreadPoolExecutor | None = None
@@ -74,12 +75,13 @@ class SequentialFile(io.RawIOBase):
         out = []
         while n > 0:
             if not self._in_window(self._pos):
-                self._load(self._pos)
+                self._load(self._pos, n)
             rel = self._pos - self._win_start
             take = min(n, len(self._win) - rel)
             out.append(self._win[rel: rel + take])
             self._pos += take
             n -= take
+        self._last_end = self._pos
         return b"".join(out)
 
     def close(self) -> None:
@@ -96,13 +98,21 @@ class SequentialFile(io.RawIOBase):
     def _in_window(self, pos: int) -> bool:
         return self._win_start <= pos < self._win_start + len(self._win)
 
-    def _load(self, pos: int) -> None:
-        """Make the window that holds `pos` current: the prefetched one if it starts there, else fetch it now."""
-        sequential = pos == self._win_start + len(self._win)
+    def _load(self, pos: int, n: int) -> None:
+        """Make a window holding `pos` (and the `n` bytes asked for) current, the prefetched one if it starts there.
+
+        A small object is fetched whole. Sequential reading — this read starts where the last one ended, or skips
+        forward less than a window (reading through the gap is cheaper than another request) — gets a whole
+        read-ahead window, and when it continues the previous window the next one is fetched in the background.
+        A seek elsewhere (a Parquet footer, the columns of a projection after a long skip) fetches the bytes asked.
+        """
+        contiguous = pos == self._win_start + len(self._win)
         if self._size <= self._read_ahead:
             start, length = 0, self._size  # a small object: all of it, in one request
-        else:
+        elif 0 <= pos - self._last_end < self._read_ahead:
             start, length = pos, min(self._read_ahead, self._size - pos)
+        else:
+            start, length = pos, n
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == start:
             data = ahead[1].result()  # raises what the background fetch raised
@@ -112,7 +122,7 @@ class SequentialFile(io.RawIOBase):
             data = self._fetch(start, length)
         self._win_start, self._win = start, memoryview(data)
         following = start + length
-        if (sequential or start == 0) and following < self._size:
+        if contiguous and length == self._read_ahead and following < self._size:
             self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="djray-read-ahead")
             size = min(self._read_ahead, self._size - following)
             self._ahead = (following, self._pool.submit(self._fetch, following, size))

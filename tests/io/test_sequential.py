@@ -76,6 +76,20 @@ def test_parquet_footer_then_columns(s3_faults):
             assert size > 2 * READ_AHEAD_BYTES and gets <= math.ceil(size / READ_AHEAD_BYTES) + 2, gets
 
 
+def test_a_column_projection_does_not_download_the_columns_it_skips(s3_faults):
+    """The duplicate-key pass reads only key columns of staged fragments: images stay on the store."""
+    table = pa.table({"key": [f"k{i}" for i in range(64)], "image": [os.urandom(MiB // 2) for _ in range(64)],
+                      "reason": [None] * 64})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="none")
+    key = put(s3_faults, "fragment.parquet", sink.getvalue().to_pybytes())
+    got = iofs.read_parquet(s3_faults.fs(), key, ["key", "reason"])
+    assert got.column("key").to_pylist() == table.column("key").to_pylist()
+    fetched = sum(last - first + 1 for first, last in ranges(s3_faults, key))
+    assert sink.getvalue().size > 30 * MiB and fetched < MiB, fetched
+    assert len(ranges(s3_faults, key)) <= 3  # the footer, then the key and reason column chunks
+
+
 def test_a_body_cut_short_resumes_at_the_first_byte_not_received(s3_faults):
     """With the SDK's own retries off, the second window's body is cut in the middle: the read resumes with a request
     that starts at the first byte not yet received and the bytes are identical."""
