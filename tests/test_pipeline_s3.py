@@ -102,6 +102,7 @@ def _s3_config(s3_faults, fmt, **storage):
             "storage": {"endpoint_url": s3_faults.url, "region": "us-east-1", **storage}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_a_faulty_store_changes_nothing(ray_cluster, s3_faults, tmp_path, fmt):
     """Input and output on S3 behind a store that answers every 5th request `503 SlowDown`, drops every 13th
