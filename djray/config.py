@@ -14,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from djray.ops.base import RUNTIME, is_runtime
+from djray.models import weights as W
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
 from djray.ops.sieve import SieveParams, SieveSpec
@@ -54,11 +55,24 @@ class InputConfig(Section):
     rows_per_block: int = Field(256, ge=1, description="rows per block a read task emits", json_schema_extra=RUNTIME)
 
 
+class StorageTimeouts(Section):
+    connect_s: float = Field(W.DEFAULT_CONNECT_TIMEOUT_S, gt=0, description="to open a connection")
+    request_s: float = Field(W.DEFAULT_REQUEST_TIMEOUT_S, gt=0,
+                             description="the AWS SDK's request timeout (on Linux: the longest a transfer may stall)")
+
+
 class StorageConfig(Section):
-    """S3 endpoint options. Credentials never live here: they come from the standard AWS chain."""
+    """S3 endpoint and retry options. Credentials never live here: they come from the standard AWS chain.
+
+    How a transient failure is retried (request, object, task): djray.io.errors. These keys change how a job runs,
+    not what it writes: they are not part of the config hash."""
 
     endpoint_url: str | None = None
     region: str | None = None
+    retries: int = Field(W.DEFAULT_S3_RETRIES, ge=1, description="attempts per S3 request (AWS SDK, "
+                         "exponential backoff with jitter); the default carries a job through a store that throttles "
+                         "one request in five")
+    timeouts: StorageTimeouts = StorageTimeouts()
 
 
 class OutputConfig(Section):
@@ -72,6 +86,8 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance (ignored when attaching)")
     max_concurrent_finalize: int | None = Field(None, ge=1, description="final-write tasks in flight at once "
                                                 "(default: the cluster's CPUs)")
+    task_retries: int = Field(3, ge=0, description="times Ray reruns a read/write task that failed on storage after "
+                              "every retry of its requests (or whose worker died); then the job fails, resumable")
 
 
 def _default(model: type[BaseModel], name: str) -> Any:

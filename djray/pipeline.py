@@ -62,7 +62,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
         error = root_cause(e)
     manifest = _manifest(plan, started, rows, clock.seconds, steps, done, error)
     if error:
-        raise JobError(f"{error}\n(completed shards are kept: fix the cause, then re-run the same command to resume)")
+        raise JobError(f"{error} (completed shards are kept: fix the cause, then re-run the same command to resume)")
     if not manifest["accounting_ok"]:
         raise JobError("accounting check failed: rows_in != rows_kept + rows_rejected (see manifest.json)")
     return manifest
@@ -96,7 +96,12 @@ def _phase_b(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
 def _rows_in_signals(fs: pafs.FileSystem, layout: Layout, shards: list[str]) -> int:
     """Rows of the signals store, from the files' footers (a few KB each, read in parallel)."""
     with ThreadPoolExecutor(16) as pool:
-        return sum(pool.map(lambda s: pq.ParquetFile(layout.signals(s), filesystem=fs).metadata.num_rows, shards))
+        return sum(pool.map(lambda s: _footer_rows(fs, layout.signals(s)), shards))
+
+
+def _footer_rows(fs: pafs.FileSystem, path: str) -> int:
+    with iofs.open_sequential(fs, path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def _phase_c(plan: Plan, progress: bool, clock: PhaseClock) -> dict[str, dict[str, Any]]:

@@ -20,10 +20,12 @@ from djray.config import ConfigError, JobConfig
 from djray.fingerprint import Fingerprints, fingerprints, step_sha256s
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
+from djray.io.errors import is_transient
 from djray.io.source import ReadSpec
 from djray.io.writer import footer_metadata
 from djray.ops.base import Op
 from djray.registry import kept_ops, phase_a_ops
+from djray.runtime.cluster import JobError
 from djray.runtime.decisions import SelectionContext
 from djray.runtime.layout import Layout
 from djray.runtime.ledger import Ledger
@@ -66,11 +68,12 @@ class Plan:
     def read_spec(self) -> ReadSpec:
         i = self.cfg.input
         return ReadSpec(self.input_root_uri, i.format, self.storage, i.rows_per_block, i.columns.key, i.columns.image,
-                        i.columns.caption)
+                        i.columns.caption, self.cfg.ray.task_retries)
 
     def selection_context(self) -> SelectionContext:
         return SelectionContext(self.cfg.output.path, self.signals_uri, self.storage, tuple(self.shards),
-                                self.fps.selection, steps_of(self.cfg.steps(), step_sha256s(self.cfg, self.fps.signals)))
+                                self.fps.selection, steps_of(self.cfg.steps(), step_sha256s(self.cfg, self.fps.signals)),
+                                self.cfg.ray.task_retries)
 
     def job_record(self) -> dict[str, Any]:
         return {**self.fps.as_dict(), "shards": len(self.listing), "djray_version": djray.__version__,
@@ -79,13 +82,13 @@ class Plan:
 
 def prepare(cfg: JobConfig) -> Plan:
     """Every check `run` makes before reading data. Raises ConfigError naming the key at fault."""
-    storage = iofs.Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = iofs.Storage.of(cfg.storage)
     try:
         root, listing = iofs.list_shard_sizes(cfg.input.path, cfg.input.format, storage)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"input.path: {e}") from None
     except OSError as e:
-        raise ConfigError(f"input.path: cannot list {cfg.input.path}: {e}") from None
+        raise _preflight_error("input.path", f"cannot list {cfg.input.path}", e) from None
     if not listing:
         suffix = "/".join(iofs.SHARD_SUFFIXES[cfg.input.format])
         raise ConfigError(f"input.path: no {suffix} shards found under {cfg.input.path}")
@@ -121,8 +124,11 @@ def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str,
     errors = []
     for shard in shards[:attempts]:
         try:
-            names = set(pq.read_schema(iofs.join(root, shard), filesystem=fs).names)
+            with iofs.open_sequential(fs, iofs.join(root, shard)) as f:
+                names = set(pq.read_schema(f).names)
         except Exception as e:  # noqa: BLE001 - any footer problem counts as unreadable
+            if is_transient(e):
+                raise _preflight_error("input.path", f"cannot read {shard}", e) from None
             errors.append(f"{shard}: {str(e).splitlines()[0][:200]}")
             continue
         cols = cfg.input.columns
@@ -134,13 +140,20 @@ def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str,
                       + "; ".join(errors))
 
 
+def _preflight_error(key: str, what: str, e: OSError) -> Exception:
+    """A storage failure that outlasted every retry is no config problem: exit 1 (re-run), not 2 (fix the config)."""
+    if is_transient(e):
+        return JobError(f"{key}: {what}: {e} (a storage failure, not a config problem: re-run the same command)")
+    return ConfigError(f"{key}: {what}: {e}")
+
+
 def _check_output(plan: Plan) -> dict[str, Any] | None:
     cfg, fs, layout = plan.cfg, plan.out_fs, plan.layout
     try:
         job = iofs.read_json(fs, layout.job)
         info = fs.get_file_info(layout.root)
     except OSError as e:
-        raise ConfigError(f"output.path: cannot access {cfg.output.path}: {e}") from None
+        raise _preflight_error("output.path", f"cannot access {cfg.output.path}", e) from None
     if isinstance(fs, pafs.LocalFileSystem):
         probe = layout.root
         while not os.path.exists(probe):

@@ -46,6 +46,8 @@ from typing import Any, TextIO
 
 import yaml
 
+from djray.runtime import auth
+
 EXIT_OK, EXIT_JOB_FAILED, EXIT_CONFIG = 0, 1, 2
 
 CONFIG_NAME = "djray-job.yaml"
@@ -268,19 +270,23 @@ def _validate_runtime_env(env: dict[str, Any], path: str | None) -> None:
 
 
 def make_client(address: str | None):
-    """A JobSubmissionClient for `address` (None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS, as `ray job submit`)."""
+    """A JobSubmissionClient for `address` (None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS, as `ray job submit`).
+
+    On a cluster with token authentication it presents the token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token (djray.runtime.auth), without needing RAY_AUTH_MODE=token here."""
     missing = [m for m in ("requests", "aiohttp") if importlib.util.find_spec(m) is None]
     if missing:
         raise SubmitError("djray submit needs Ray's job client (ray[default]; missing "
                           f"{', '.join(missing)}): pip install 'djray[cluster]'")
     from ray.job_submission import JobSubmissionClient
 
+    headers = auth.http_headers()  # token authentication: RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token
     if address is None:
-        return JobSubmissionClient(None)
+        return JobSubmissionClient(None, headers=headers)
     # Ray lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override an explicit address; here --address wins.
     saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers)
     finally:
         os.environ.update(saved)
 
@@ -366,18 +372,29 @@ def submit_command(args: argparse.Namespace, *, out: TextIO | None = None, err: 
     try:
         for note in job.notes:
             print(f"djray: note: {note}", file=err)
+        where = args.address or "$RAY_ADDRESS"
         try:
             client = make_client(args.address)
         except SubmitError as e:
             print(f"djray: {e}", file=err)
             return EXIT_CONFIG
-        except (OSError, RuntimeError, ValueError) as e:
-            print(f"djray: cannot reach the Ray job API at {args.address or '$RAY_ADDRESS'}: {_one_line(e)}", file=err)
+        except Exception as e:  # noqa: BLE001 - Ray's AuthenticationError is none of the types below
+            if auth.is_auth_error(e):
+                print(f"djray: {auth.failure_line(where)}", file=err)
+            elif isinstance(e, (OSError, RuntimeError, ValueError)):
+                print(f"djray: cannot reach the Ray job API at {where}: {_one_line(e)}", file=err)
+            else:
+                raise
             return EXIT_JOB_FAILED
         try:
             job_id = client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env, metadata=job.metadata)
-        except (OSError, RuntimeError, ValueError, TypeError) as e:
-            print(f"djray: the cluster refused the job: {_one_line(e)}", file=err)
+        except Exception as e:  # noqa: BLE001 - as above
+            if auth.is_auth_error(e):
+                print(f"djray: {auth.failure_line(where)}", file=err)
+            elif isinstance(e, (OSError, RuntimeError, ValueError, TypeError)):
+                print(f"djray: the cluster refused the job: {_one_line(e)}", file=err)
+            else:
+                raise
             return EXIT_JOB_FAILED
     finally:
         job.cleanup()  # the working directory was uploaded by submit_job

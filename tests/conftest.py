@@ -55,3 +55,27 @@ def s3_bucket(s3_server):
     name = f"djray-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return s3_server, name
+
+
+@pytest.fixture(scope="session")
+def _faulty_proxy(s3_server):
+    from s3_faults import FaultyS3
+
+    proxy = FaultyS3(s3_server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def s3_faults(_faulty_proxy, s3_bucket):
+    """The loopback S3 server behind a fault-injecting proxy (tests/s3_faults.py), with a fresh bucket.
+
+    Yields a `FaultyBucket`: `.url` is the endpoint to give djray (every request through it is counted and may be
+    faulted, per `.proxy.reset(FaultPlan(...))`); `.upload()` and `.client` talk to the server directly, uncounted.
+    The plan starts empty (no faults) and is cleared after the test.
+    """
+    from s3_faults import FaultyBucket
+
+    _faulty_proxy.reset()
+    yield FaultyBucket(_faulty_proxy, *s3_bucket)
+    _faulty_proxy.reset()

@@ -177,6 +177,20 @@ def test_rayjob_runs_the_demo_on_the_raycluster():
     assert rc["spec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"] in accounts
 
 
+def test_token_authentication_is_on_and_the_token_is_never_in_a_file_of_the_repository():
+    """KubeRay: authOptions (the operator keeps the token in a Secret). AWS: every `ray start` runs with
+    RAY_AUTH_MODE=token and the token file is synced from the machine running `ray up`, not baked into an image."""
+    assert _kuberay("RayCluster")["spec"]["authOptions"] == {"mode": "token"}
+    aws = _aws()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in aws[key] if "ray start" in c]
+        assert starts and all("export RAY_AUTH_MODE=token;" in c for c in starts), key
+    assert aws["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    for path in [*CLUSTER.rglob("*.yaml"), *DOCKERFILES.values()]:
+        text = path.read_text()
+        assert "RAY_AUTH_TOKEN=" not in text.replace("export RAY_AUTH_TOKEN=$(", ""), path  # no token value
+
+
 # ---- names that must exist ---------------------------------------------------------------------------------------------
 
 NAMED = re.compile(r"(?<![\w/.-])((?:jobs/[\w-]+\.py)|(?:configs/[\w.-]+\.ya?ml)|(?:docker/Dockerfile\.\w+)"

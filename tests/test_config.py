@@ -32,6 +32,10 @@ def test_minimal_config_runs_read_decode_write():
     ({"output": {"path": "/o"}}, "input: required key is missing"),
     ({**BASE, "decode": {"max_pixels": 0}}, "decode.max_pixels"),
     ({**BASE, "storage": {"aws_secret_access_key": "x"}}, "storage.aws_secret_access_key: unknown key"),
+    ({**BASE, "storage": {"retries": 0}}, "storage.retries"),
+    ({**BASE, "storage": {"timeouts": {"connect_s": 0}}}, "storage.timeouts.connect_s"),
+    ({**BASE, "storage": {"timeouts": {"read_s": 5}}}, "storage.timeouts.read_s: unknown key"),
+    ({**BASE, "ray": {"task_retries": -1}}, "ray.task_retries"),
 ])
 def test_bad_config_names_the_key(raw, key):
     assert key in _err(raw)
@@ -76,10 +80,23 @@ def test_config_hash_ignores_runtime_only_keys():
     a = parse_config(BASE)
     b = parse_config({**BASE, "ray": {"address": "auto", "num_cpus": 8}, "output": {"path": "/elsewhere",
                                                                                     "mode": "overwrite"},
-                      "storage": {"endpoint_url": "http://x"}, "input": {**BASE["input"], "rows_per_block": 8}})
+                      "storage": {"endpoint_url": "http://x", "retries": 3, "timeouts": {"connect_s": 1, "request_s": 2}},
+                      "input": {**BASE["input"], "rows_per_block": 8}})
     c = parse_config({**BASE, "decode": {"min_side": 64}})
     assert config_sha256(a) == config_sha256(b)
     assert config_sha256(a) != config_sha256(c)
+
+
+def test_storage_defaults_carry_a_throttled_job():
+    """At least 10 attempts per request: with one request in five throttled, 10 failures in a row are ~1e-7."""
+    from djray.io.fs import Storage
+
+    cfg = parse_config(BASE)
+    assert cfg.storage.retries >= 10 and cfg.ray.task_retries >= 1
+    storage = Storage.of(cfg.storage)
+    assert (storage.retries, storage.connect_timeout_s, storage.request_timeout_s) == (
+        cfg.storage.retries, cfg.storage.timeouts.connect_s, cfg.storage.timeouts.request_s)
+    assert Storage() == storage  # one set of defaults, whichever way a Storage is made
 
 
 def test_sections_switch_stages_on():

@@ -24,20 +24,19 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+
+from ray_procs import free_ports, has_job_api, http_json, marked_pids, node_env, stop_processes
 
 from djray import cli
 from djray import submit as S
@@ -71,14 +70,6 @@ def _sample(out: Path, n: int = 12, shards: int = 2) -> Path:
 def _args(config, *, address="http://127.0.0.1:1", overrides=(), wait=False, train=False, runtime_env=None):
     return argparse.Namespace(config=str(config), overrides=list(overrides), address=address, wait=wait, train=train,
                               runtime_env=None if runtime_env is None else str(runtime_env))
-
-
-def _node_env() -> dict[str, str]:
-    """The environment of a cluster node: `python` on PATH is the interpreter that has djray (as in the images)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "CUDA_VISIBLE_DEVICES")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 @pytest.fixture
@@ -228,12 +219,12 @@ def test_unreachable_cluster_exits_1(tmp_path, capsys, monkeypatch):
 
 def test_unreachable_cluster_exits_1_with_rays_client(tmp_path):
     """The real job client against a closed loopback port (needs ray[default])."""
-    if _has_job_api():
-        pytest.skip(_has_job_api())
-    (port,) = _free_ports(1)
+    if has_job_api():
+        pytest.skip(has_job_api())
+    (port,) = free_ports(1)
     cfg = _write_config(tmp_path / "job.yaml", "s3://b/in/", "s3://b/out/")
     r = subprocess.run([sys.executable, "-m", "djray", "submit", str(cfg), "--address", f"http://127.0.0.1:{port}"],
-                       env=_node_env(), capture_output=True, text=True, timeout=120)
+                       env=node_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert "cannot reach the Ray job API" in r.stderr and "Traceback" not in r.stderr
 
@@ -242,16 +233,18 @@ def test_explicit_address_beats_ray_address(monkeypatch):
     seen = {}
 
     class Client:
-        def __init__(self, address):
-            seen["address"], seen["env"] = address, os.environ.get("RAY_ADDRESS")
+        def __init__(self, address, headers=None):
+            seen["address"], seen["env"], seen["headers"] = address, os.environ.get("RAY_ADDRESS"), headers
 
     import ray.job_submission
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
     monkeypatch.setattr(S.importlib.util, "find_spec", lambda name, *a: object())
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t0ken")  # the client presents the token (djray.runtime.auth)
     S.make_client("http://head:8265")
-    assert seen == {"address": "http://head:8265", "env": None}
+    assert seen == {"address": "http://head:8265", "env": None, "headers": {"Authorization": "Bearer t0ken"}}
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:6379"  # restored
 
 
@@ -343,7 +336,7 @@ class LocalJobAPI:
         self.submissions.append({"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata})
         wd = self.root / job_id
         shutil.copytree(runtime_env["working_dir"], wd)  # the upload
-        env = _node_env()
+        env = node_env()
         env.update(runtime_env.get("env_vars", {}))
         if self.ray_address:
             env["RAY_ADDRESS"] = self.ray_address
@@ -433,77 +426,6 @@ def test_local_api_governs_with_the_submitted_config(ray_cluster, tmp_path, caps
 # ---- a real cluster: head with the job API + a node that advertises a GPU ------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _http_json(url: str, body: dict | None = None, timeout: float = 5.0):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read().decode() or "null")
-
-
-def _marked_pids(marker: str, temp_dir: str) -> set[int]:
-    """Every process started by this test's `ray start` calls: they inherit the marker variable (daemons that moved to
-    another parent and job workers included); those that rewrote their environment still name the temp dir."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in environ or temp_dir.encode() in cmdline:
-            pids.add(int(entry.name))
-    return pids
-
-
-def _stop(pids_fn, grace: float = 5.0) -> set[int]:
-    """SIGTERM, `grace` seconds, then SIGKILL what is left; returns the processes still there after that."""
-
-    def alive() -> set[int]:
-        return {p for p in pids_fn() if _state(p) not in ("Z", "X")}
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.25)
-    return alive()
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
-
-
-def _has_job_api() -> str | None:
-    """None when Ray's dashboard (and with it the job API) can run here, else why not."""
-    try:
-        import ray.dashboard.optional_deps  # noqa: F401
-    except ImportError as e:
-        return f"Ray's dashboard / job API is not installed here (pip install 'djray[cluster]'): {e}"
-    return None
-
-
 def _driver(cluster, code: str, timeout: float = 120) -> object:
     """Run `code` in a short-lived driver attached to the test cluster; it prints one JSON value."""
     prog = f"import json, ray\nray.init(address={cluster.gcs!r}, logging_level='ERROR')\n{code}"
@@ -519,15 +441,15 @@ def real_cluster():
     1 GPU and the custom resource `gpu_node`, on loopback, in their own temp dir."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the test cluster is stopped through /proc")
-    no_job_api = _has_job_api()
+    no_job_api = has_job_api()
     ray_bin = Path(sys.executable).with_name("ray")
     ray_cmd = [str(ray_bin)] if ray_bin.exists() else [shutil.which("ray") or "ray"]
     temp_dir = tempfile.mkdtemp(prefix="djrt", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
     marker = f"djray-test-cluster-{uuid.uuid4().hex}"
-    env = _node_env()
+    env = node_env()
     env.update(DJRAY_TEST_CLUSTER=marker, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    (gcs, dash, client, *head_ports) = _free_ports(9)
-    worker_ports = _free_ports(6)
+    (gcs, dash, client, *head_ports) = free_ports(9)
+    worker_ports = free_ports(6)
 
     def node_ports(p):
         return ["--node-manager-port", str(p[0]), "--object-manager-port", str(p[1]), "--dashboard-agent-listen-port",
@@ -568,8 +490,8 @@ def real_cluster():
             while True:
                 try:
                     if probe is None:
-                        probe = _http_json(f"{cluster.url}/api/jobs/", {"entrypoint": "true"})["submission_id"]
-                    status = _http_json(f"{cluster.url}/api/jobs/{probe}")["status"]
+                        probe = http_json(f"{cluster.url}/api/jobs/", {"entrypoint": "true"})["submission_id"]
+                    status = http_json(f"{cluster.url}/api/jobs/{probe}")["status"]
                     if status == "SUCCEEDED":
                         break
                     assert status in ("PENDING", "RUNNING"), f"readiness probe job ended {status}"
@@ -579,7 +501,7 @@ def real_cluster():
                 time.sleep(1)
         yield cluster
     finally:
-        left = _stop(lambda: _marked_pids(marker, temp_dir))
+        left = stop_processes(lambda: marked_pids(marker, temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"test cluster processes survived SIGKILL: {sorted(left)}"
 

@@ -1,7 +1,11 @@
-"""One filesystem layer for local paths and S3 (pyarrow.fs), plus shard listing and atomic writes.
+"""One filesystem layer for local paths and S3 (pyarrow.fs): shard listing, large sequential reads, atomic writes.
 
 Credentials come only from the standard AWS chain (environment, profiles, instance roles): pyarrow's S3 client
 resolves them itself. Endpoint and region come from `storage.*` in the config or the standard AWS variables.
+
+Every object read goes through `open_sequential` (few large ranged reads, resumed at the offset reached after a
+transient failure); every object write is one whole-object write (one multipart upload on S3, 10 MiB parts: pyarrow's
+part size) that readers see completely or not at all. How failures are retried: djray.io.errors.
 """
 
 from __future__ import annotations
@@ -20,26 +24,38 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from djray.models.weights import s3_filesystem  # one S3 builder for data and weights (models import no io)
+from djray.io.errors import OBJECT_ATTEMPTS, retry_object
+from djray.io.sequential import READ_AHEAD_BYTES, SequentialFile
+from djray.models import weights as W  # one S3 builder for data and weights (models import no io)
 
 SHARD_SUFFIXES = {"webdataset": (".tar", ".tar.gz", ".tgz"), "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
 class Storage:
-    """Picklable storage options: every task rebuilds its filesystem from these."""
+    """Picklable storage options: every task rebuilds its filesystem from these (`storage.*` in the config)."""
 
     endpoint_url: str | None = None
     region: str | None = None
+    retries: int = W.DEFAULT_S3_RETRIES  # attempts per S3 request, inside the AWS SDK (djray.io.errors)
+    connect_timeout_s: float = W.DEFAULT_CONNECT_TIMEOUT_S
+    request_timeout_s: float = W.DEFAULT_REQUEST_TIMEOUT_S
+
+    @classmethod
+    def of(cls, cfg: Any) -> Storage:
+        """From a `storage:` config section (djray.config.StorageConfig)."""
+        return cls(cfg.endpoint_url, cfg.region, cfg.retries, cfg.timeouts.connect_s, cfg.timeouts.request_s)
 
     def s3(self) -> pafs.S3FileSystem:
-        """The S3 filesystem for these options, built once per process (a worker reuses it for every batch)."""
-        return _s3_cached(self)
+        return _s3(self)
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_cached(storage: Storage) -> pafs.S3FileSystem:
-    return s3_filesystem(storage.endpoint_url, storage.region)
+def _s3(storage: Storage) -> pafs.S3FileSystem:
+    """One S3 client per process and set of options (S3FileSystem is thread-safe; building one resolves
+    credentials, which on EC2 is a metadata-service round trip)."""
+    return W.s3_filesystem(storage.endpoint_url, storage.region, retries=storage.retries,
+                           connect_timeout_s=storage.connect_timeout_s, request_timeout_s=storage.request_timeout_s)
 
 
 def is_s3(uri: str) -> bool:
@@ -109,10 +125,42 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+def uri_of(fs: pafs.FileSystem, path: str) -> str:
+    """How messages name an object: s3://bucket/key on S3, the path on local disk."""
+    return f"s3://{path}" if fs.type_name == "s3" else path
+
+
+def open_sequential(fs: pafs.FileSystem, path: str, *, read_ahead: int = READ_AHEAD_BYTES,
+                    attempts: int = OBJECT_ATTEMPTS) -> SequentialFile:
+    """Open an object for reading in few large requests: a seekable, read-only file object.
+
+    It reads `read_ahead` bytes per ranged request (the whole object when it is smaller) and, while a sequential
+    reader consumes one window, fetches the next in the background. A read that fails transiently after the SDK's
+    own retries, or comes back short, is read again from the first byte not yet received, up to `attempts` times
+    (then TransientStorageError naming the object). The caller never sees a short read caused by the network.
+    Use it for every object read: tar streams, Parquet files (`pq.ParquetFile(f, pre_buffer=True)`), markers.
+    """
+    return SequentialFile(fs, path, uri_of(fs, path), read_ahead, attempts)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str, attempts: int = OBJECT_ATTEMPTS) -> bytes:
+    with open_sequential(fs, path, attempts=attempts) as f:
+        return f.read()
+
+
+def read_parquet(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (or some of its columns) read through `open_sequential`, column chunks pre-buffered."""
+    with open_sequential(fs, path) as f:
+        return pq.read_table(f, columns=columns, pre_buffer=True)
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes,
+                       attempts: int = OBJECT_ATTEMPTS) -> None:
     """Write a whole object so that readers see the old content or the new one, never a partial file.
 
-    S3 PUTs are atomic already; locally we write a temporary sibling and rename it over the target.
+    On S3 the object appears when its multipart upload completes (one upload per file, parts of pyarrow's 10 MiB
+    part size, each retried by the SDK); a write that still fails transiently is redone whole. Locally we write a
+    temporary sibling and rename it over the target.
     """
     fs.create_dir(posixpath.dirname(path), recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -120,9 +168,13 @@ def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         os.replace(tmp, path)
-    else:
+        return
+
+    def put() -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
+
+    retry_object(put, f"write {uri_of(fs, path)}", attempts)
 
 
 def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, compression: str = "zstd",
@@ -141,11 +193,17 @@ def write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any | None:
+    """A JSON object (markers, job record, manifest), or None when there is none: missing, or not one whole JSON
+    object (a half-written or truncated file never counts as a finished step). Storage failures propagate."""
     try:
-        with fs.open_input_stream(path, compression=None) as f:
-            return json.loads(f.read())
+        raw = read_bytes(fs, path)
     except FileNotFoundError:
         return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

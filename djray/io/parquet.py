@@ -1,7 +1,9 @@
 """Parquet shard reader: one file per shard with key / image bytes / caption columns (names configurable).
 
 Rows stream in blocks of `rows_per_block` through `ParquetFile.iter_batches`, reading only the configured columns.
-A shard missing a configured column rejects every row (`bad_shard_schema`); a shard whose footer cannot be read is one
+The file is read through `open_sequential` with pre-buffered column-chunk reads (`pre_buffer=True`: the chunks of a
+row group are coalesced into few large ranged reads), so a shard costs a footer read plus about one request per
+8 MiB, and a transient failure resumes at the offset reached instead of failing the shard. A shard missing a configured column rejects every row (`bad_shard_schema`); a shard whose footer cannot be read is one
 `corrupt_shard` row; a row group that fails mid-file rejects each remaining row by position (`corrupt_shard`).
 """
 
@@ -14,21 +16,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from djray import schema as S
+from djray.io.errors import is_storage_error
+from djray.io.fs import open_sequential
 from djray.io.rows import BlockBuilder, decode_caption, short
-
-
-def is_storage_error(e: BaseException) -> bool:
-    """pyarrow reports both corrupt bytes and storage failures as OSError; only the latter must fail the shard."""
-    return isinstance(e, (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)) or "AWS Error" in str(e)
 
 
 def read_parquet_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_order: int, *,
                        key_col: str = "key", image_col: str = "jpg", caption_col: str = "txt",
                        rows_per_block: int = 256) -> Iterator[pa.Table]:
     out = BlockBuilder(src_shard, shard_order, rows_per_block)
-    with fs.open_input_file(path) as f:
+    with open_sequential(fs, path) as f:
         try:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, pre_buffer=True)
         except (pa.ArrowException, OSError) as e:
             if is_storage_error(e):
                 raise

@@ -27,6 +27,7 @@ class ReadSpec:
     key_col: str = "key"
     image_col: str = "jpg"
     caption_col: str = "txt"
+    task_retries: int = 3  # Ray reruns of a read task that failed on storage (djray.io.errors.task_args)
 
 
 def read_shard(src_shard: str, order: int, spec: ReadSpec) -> Iterator[pa.Table]:

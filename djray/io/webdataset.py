@@ -8,8 +8,10 @@ an image, keys that are not valid UTF-8. A truncated or corrupt tar yields every
 and one `corrupt_shard` row for what could not be read (keyed by the sample being read when the damage hit, or null
 when it hit a member header). Nothing is ever extracted to disk.
 
-Filesystem errors (network, permissions) are not data problems: they propagate so the shard fails and is retried or
-resumed, instead of being recorded as rejects.
+The shard is read front to back through `open_sequential` (8 MiB ranged reads, the next one fetched while the
+current one is parsed; a transient failure resumes at the offset reached), not through a random-access S3 file, where
+each of tarfile's 10 KiB reads would be its own GET. Filesystem errors (network, permissions) are not data problems:
+they propagate so the shard fails and is retried or resumed, instead of being recorded as rejects.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from djray import schema as S
+from djray.io.fs import open_sequential
 from djray.io.rows import BlockBuilder, decode_caption, short
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -68,38 +71,43 @@ class _TarInfo(tarfile.TarInfo):
 
 def read_webdataset_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_order: int,
                           rows_per_block: int = 256) -> Iterator[pa.Table]:
+    # tarfile decompresses .tar.gz itself, so a damaged gzip stream is a TarError (a reject) and an OSError can only
+    # come from the storage (the shard fails and is retried)
+    with open_sequential(fs, path) as stream:
+        yield from read_tar_stream(stream, src_shard, shard_order, rows_per_block)
+
+
+def read_tar_stream(stream, src_shard: str, shard_order: int, rows_per_block: int = 256) -> Iterator[pa.Table]:
+    """The rows of one tar (plain or gzip) read front to back from a file object: see the module docstring."""
     out = BlockBuilder(src_shard, shard_order, rows_per_block)
     current: _Sample | None = None  # the sample being collected; emitted as soon as a member shows it is complete
     reading: str | None = None  # key of the member whose data is being read (None between members)
-    # compression=None: tarfile decompresses .tar.gz itself, so a damaged gzip stream is a TarError (a reject) and an
-    # OSError can only come from the storage (the shard fails and is retried)
-    with fs.open_input_stream(path, compression=None) as stream:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
-                for member in tar:
-                    tar.members = []  # stream mode keeps every header otherwise: memory would grow with the shard
-                    if member.isdir():
-                        continue
-                    if is_unsafe(member.name) or not member.isfile():
-                        kind = "unsafe member name" if is_unsafe(member.name) else f"non-file member (type {member.type!r})"
-                        yield from out.add(key=None, reject=(S.Reason.UNSAFE_MEMBER_PATH, f"{kind}: {short(member.name)}"))
-                        continue
-                    key, ext = split_name(member.name)
-                    if current is not None and (current.key != key or ext in current.members):
-                        yield from _emit(out, current)
-                        current = None
-                    current = current or _Sample(key)
-                    reading = key
-                    current.members[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    reading = None
-                if getattr(tar, "bad_header", None) is not None:
-                    raise tarfile.ReadError(f"damaged member header at byte {tar.offset}: {tar.bad_header}")
-        except _DAMAGE as e:
-            if reading is None and current is not None:  # damage between members: the pending sample is whole
-                yield from _emit(out, current)
-            current = None
-            detail = f"unreadable after {out.next_index} rows: {type(e).__name__}: {short(str(e))}"
-            yield from out.add(key=reading, reject=(S.Reason.CORRUPT_SHARD, detail))
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_TarInfo) as tar:
+            for member in tar:
+                tar.members = []  # stream mode keeps every header otherwise: memory would grow with the shard
+                if member.isdir():
+                    continue
+                if is_unsafe(member.name) or not member.isfile():
+                    kind = "unsafe member name" if is_unsafe(member.name) else f"non-file member (type {member.type!r})"
+                    yield from out.add(key=None, reject=(S.Reason.UNSAFE_MEMBER_PATH, f"{kind}: {short(member.name)}"))
+                    continue
+                key, ext = split_name(member.name)
+                if current is not None and (current.key != key or ext in current.members):
+                    yield from _emit(out, current)
+                    current = None
+                current = current or _Sample(key)
+                reading = key
+                current.members[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                reading = None
+            if getattr(tar, "bad_header", None) is not None:
+                raise tarfile.ReadError(f"damaged member header at byte {tar.offset}: {tar.bad_header}")
+    except _DAMAGE as e:
+        if reading is None and current is not None:  # damage between members: the pending sample is whole
+            yield from _emit(out, current)
+        current = None
+        detail = f"unreadable after {out.next_index} rows: {type(e).__name__}: {short(str(e))}"
+        yield from out.add(key=reading, reject=(S.Reason.CORRUPT_SHARD, detail))
     if current is not None:
         yield from _emit(out, current)
     yield from out.finish()

@@ -69,13 +69,31 @@ def parse_source(s: str) -> Source:
     raise ValueError(f"unknown weight source {s!r} (use hub, hub:TAG, file:PATH, s3://bucket/key or random)")
 
 
-def s3_filesystem(endpoint_url: str | None = None, region: str | None = None):
-    """A pyarrow S3FileSystem honouring explicit args, then AWS_ENDPOINT_URL(_S3) / AWS_REGION from the env."""
+DEFAULT_S3_RETRIES = 10  # attempts per request: carries a job through a store that throttles one request in five
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+
+
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, *, retries: int = DEFAULT_S3_RETRIES,
+                  connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S):
+    """A pyarrow S3FileSystem honouring explicit args, then AWS_ENDPOINT_URL(_S3) / AWS_REGION from the env.
+
+    Every request retries throttling (503 SlowDown), 500s, timeouts and connection resets up to `retries` attempts
+    with exponential backoff and jitter: the AWS SDK's standard retry mode (`AwsStandardS3RetryStrategy`; pyarrow's
+    default is 3 attempts, which a store under load exhausts). `connect_timeout_s` bounds a connection attempt;
+    `request_timeout_s` is the SDK's request timeout (on Linux the SDK applies it as the longest time a transfer may
+    make no progress).
+    """
     import pyarrow.fs as pafs
 
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries),
+        "connect_timeout": connect_timeout_s,
+        "request_timeout": request_timeout_s,
+    }
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs["endpoint_override"] = parsed.netloc

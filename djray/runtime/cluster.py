@@ -12,6 +12,7 @@ import ray
 
 from djray.config import ConfigError, JobConfig
 from djray.ops.base import Op
+from djray.runtime import auth
 
 
 class JobError(RuntimeError):
@@ -26,9 +27,12 @@ def ensure_ray(cfg: JobConfig) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": True}
     if address:
         _check_reachable(address)
+        auth.enable_for_driver()  # token authentication: the token from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token
         try:
             ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError) as e:
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:
+            if auth.is_auth_error(e):
+                raise JobError(auth.failure_line(address)) from None
             raise JobError(f"cannot attach to the Ray cluster at {address}: {e}") from None
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from djray import schema as S
 from djray.io import fs as iofs
@@ -52,6 +51,7 @@ class SelectionContext:
     shards: tuple[str, ...]  # the shard order: position = shard order in row ids
     selection_sha: str
     steps: tuple[Step, ...]
+    task_retries: int = 3  # Ray reruns of a task that failed on storage (djray.io.errors.task_args)
 
     def out(self) -> tuple[pafs.FileSystem, Layout]:
         fs, root = iofs.resolve(self.output_uri, self.storage)
@@ -73,7 +73,7 @@ def split_row_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def read_decisions(ctx: SelectionContext, step: Step, src_shard: str) -> pa.Table | None:
     fs, layout = ctx.out()
     try:
-        return pq.read_table(layout.step_decisions(step.name, src_shard), filesystem=fs)
+        return iofs.read_parquet(fs, layout.step_decisions(step.name, src_shard))
     except FileNotFoundError:
         return None
 

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from djray import schema as S
 from djray.io import fs as iofs
@@ -77,7 +76,7 @@ def finalize_shard(spec: FinalizeSpec, order: int) -> dict[str, Any]:
     if spec.patches is not None:
         table = _set(table, S.PATCH_IDX, _patch_idx(table, alive, spec.patches))
     if spec.text:
-        patches = [pq.read_table(f, filesystem=fs)
+        patches = [iofs.read_parquet(fs, f)
                    for f in iofs.list_files(fs, layout.patch_dir(spec.output_sha, src_shard), ".parquet")]
         table = apply_patches(table, patches, src_shard)
     vision = spec.patches is not None

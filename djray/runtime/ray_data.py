@@ -3,6 +3,17 @@
 The runtime, not the op, decides how an op runs: a stateless op becomes a Ray task (`map_batches` with a function),
 a stateful op (a model loaded in `setup()`) becomes a fixed-size actor pool (`compute=ActorPoolStrategy`) with the
 op's CPU/GPU request. Stages with equal resources are fused by Ray Data into one task chain per block.
+
+Task retries, set on purpose (`djray.io.errors.task_args`): every task stage — read, stateless ops, staging
+writes — reruns up to `ray.task_retries` times when it raised TransientStorageError (a storage failure that outlasted
+the retries of its requests and objects, djray.io.errors) or its worker died. Ray Data's own default is unlimited reruns of dead workers
+and none on exceptions; a finite count lets a job whose store stays down fail, resumably, instead of hanging. The same
+arguments go on every task stage, as Ray Data fuses only stages with equal remote arguments. A rerun is safe: the
+reader is deterministic, and a staged fragment is named by the rows it holds, so a rerun rewrites the same names
+(an overlapping copy is dropped when the shard is sealed: djray.runtime.signals). Ray Data's in-task UDF retries
+(`DataContext.retried_map_errors` / `max_map_retries`) stay off, and `DataContext.retried_io_errors` applies only to
+Ray Data's own file datasources, which djray does not use: djray retries storage where it knows the object and
+offset (djray.io.errors).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from djray import schema as S
 from djray.io import fs as iofs
+from djray.io.errors import task_args
 from djray.io.source import ReadSpec, read_shard
 from djray.ops.base import Op, apply_op_output
 from djray.runtime.decisions import SelectionContext
@@ -98,16 +110,18 @@ class KeptRowsDatasource(Datasource):
 def kept_rows_plan(ctx: SelectionContext, orders: list[int], ops: list[Op], output_sha: str,
                    columns: tuple[str, ...], rows_per_block: int) -> ray.data.Dataset:
     """kept rows → ops → column patches (src_index + the ops' columns); one summary row per (batch, shard)."""
+    retry = task_args(ctx.task_retries)
     ds = ray.data.read_datasource(KeptRowsDatasource(ctx, orders, columns, rows_per_block),
-                                  override_num_blocks=max(1, len(orders)))
+                                  override_num_blocks=max(1, len(orders)), ray_remote_args=retry)
     for op in ops:
-        ds = add_op(ds, op, ctx.output_uri, ctx.storage)
+        ds = add_op(ds, op, ctx.output_uri, ctx.storage, retry)
     patch_columns = tuple(dict.fromkeys(c for op in ops for c in op.writes))
     return ds.map_batches(functools.partial(stage_patches, ctx=ctx, output_sha=output_sha, columns=patch_columns),
-                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True)
+                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **retry)
 
 
-def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage) -> ray.data.Dataset:
+def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage,
+           retry: dict[str, Any] | None = None) -> ray.data.Dataset:
     res = op.resources
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "zero_copy_batch": True}
     if op.stateful:
@@ -117,14 +131,17 @@ def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage)
                               **kwargs)
     # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
     # the read task, so a shard is read, decoded and staged in one process without object-store round trips.
-    return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs)
+    return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs,
+                          **(retry or {}))
 
 
 def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], output_uri: str,
                  storage: iofs.Storage, schema: pa.Schema) -> ray.data.Dataset:
     """read → ops → staged signal fragments; yields one summary row per (batch, shard) — see `signals.stage_batch`."""
-    ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)))
+    retry = task_args(spec.task_retries)
+    ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)),
+                                  ray_remote_args=retry)
     for op in ops:
-        ds = add_op(ds, op, output_uri, storage)
+        ds = add_op(ds, op, output_uri, storage, retry)
     return ds.map_batches(functools.partial(_stage_signals, output_uri=output_uri, storage=storage, schema=schema),
-                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True)
+                          batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **retry)

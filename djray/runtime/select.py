@@ -31,6 +31,7 @@ import ray
 
 from djray import schema as S
 from djray.io import fs as iofs
+from djray.io.errors import task_args
 from djray.ops.sieve import build_sieve
 from djray.ops.sieve.base import ROW_ID, GroupSieve, RankSieve, Sieve, SieveParams, sample_filter, sample_order, \
     sample_seed
@@ -86,26 +87,27 @@ def _chunks(n_shards: int, rows: int, width: float, cpus: int) -> list[list[int]
 def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width: float, cpus: int) -> dict[str, Any]:
     chunks = _chunks(len(ctx.shards), pool, width, cpus)
     ctx_ref = ray.put(ctx)
+    retry = task_args(ctx.task_retries)
     if sieve.fit_rows != "none":
-        sieve = _fit(ctx_ref, chunks, step, sieve, pool)
+        sieve = _fit(ctx_ref, chunks, step, sieve, pool, retry)
     sieve_ref = ray.put(sieve)
     if isinstance(sieve, RankSieve):
-        return _ranked(ctx_ref, chunks, step, sieve, sieve_ref)
+        return _ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry)
     assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
     parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
-    return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)))
+    return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)), retry)
 
 
 # ---- fit -----------------------------------------------------------------------------------------------------------
 
-def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int) -> Sieve:
+def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, retry: dict) -> Sieve:
     if sieve.fit_rows == "scan":
-        fitted = _fit_scan.remote(ctx_ref, step.index, sieve)
+        fitted = _fit_scan.options(**retry).remote(ctx_ref, step.index, sieve)
     else:
         fraction = min(1.0, sieve.sample_size(pool) / max(pool, 1))
         seed = sample_seed(sieve)
-        pieces = [_sample.remote(ctx_ref, c, step.index, sieve.reads, seed, fraction) for c in chunks]
-        fitted = _fit_sample.remote(sieve, *pieces)
+        pieces = [_sample.options(**retry).remote(ctx_ref, c, step.index, sieve.reads, seed, fraction) for c in chunks]
+        fitted = _fit_sample.options(**retry).remote(sieve, *pieces)
     sieve = ray.get(fitted)
     size = len(pickle.dumps(sieve))
     if size > MAX_FITTED_BYTES:
@@ -133,15 +135,16 @@ def _fit_scan(ctx: SelectionContext, before: int, sieve: Sieve) -> Sieve:
 
 # ---- grouped sieves ------------------------------------------------------------------------------------------------
 
-def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int, writers: int) -> dict[str, Any]:
-    mapped = [_map_groups.options(num_returns=parts + 1).remote(ctx_ref, c, step.index, sieve_ref, parts)
+def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int, writers: int,
+             retry: dict) -> dict[str, Any]:
+    mapped = [_map_groups.options(num_returns=parts + 1, **retry).remote(ctx_ref, c, step.index, sieve_ref, parts)
               for c in chunks]
     rows_in = sum(ray.get([m[-1] for m in mapped]))
-    reduced = [_reduce_groups.options(num_returns=writers + 1).remote(ctx_ref, step, sieve_ref, writers,
+    reduced = [_reduce_groups.options(num_returns=writers + 1, **retry).remote(ctx_ref, step, sieve_ref, writers,
                                                                        *[m[p] for m in mapped])
                for p in range(parts)]
     dropped = sum(ray.get([r[-1] for r in reduced]))
-    files = sum(ray.get([_write.remote(ctx_ref, step, *[r[q] for r in reduced]) for q in range(writers)]))
+    files = sum(ray.get([_write.options(**retry).remote(ctx_ref, step, *[r[q] for r in reduced]) for q in range(writers)]))
     return {"rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
             "tasks": {"map": len(chunks), "reduce": parts, "write": writers}}
 
@@ -187,16 +190,16 @@ def _empty_published(step: Step) -> dict[str, pa.Array]:
 
 # ---- ranked sieves -------------------------------------------------------------------------------------------------
 
-def _ranked(ctx_ref, chunks: list[list[int]], step: Step, sieve: RankSieve, sieve_ref) -> dict[str, Any]:
+def _ranked(ctx_ref, chunks: list[list[int]], step: Step, sieve: RankSieve, sieve_ref, retry: dict) -> dict[str, Any]:
     cutoff, ties = sieve.threshold(), None
     rows_in = None
     if cutoff is None:
-        scored = [_scores.remote(ctx_ref, c, step.index, sieve_ref) for c in chunks]
-        cutoff, n_keep, rows_in, need, tied = ray.get(_cut.remote(sieve_ref, *scored))
+        scored = [_scores.options(**retry).remote(ctx_ref, c, step.index, sieve_ref) for c in chunks]
+        cutoff, n_keep, rows_in, need, tied = ray.get(_cut.options(**retry).remote(sieve_ref, *scored))
         if need is not None and need < tied:
-            tie_rows = [_tied.remote(ctx_ref, c, step.index, sieve_ref, cutoff) for c in chunks]
-            ties = ray.get(_pick_ties.remote(need, *tie_rows))
-    counts = ray.get([_decide.remote(ctx_ref, c, step, sieve_ref, cutoff, ties) for c in chunks])
+            tie_rows = [_tied.options(**retry).remote(ctx_ref, c, step.index, sieve_ref, cutoff) for c in chunks]
+            ties = ray.get(_pick_ties.options(**retry).remote(need, *tie_rows))
+    counts = ray.get([_decide.options(**retry).remote(ctx_ref, c, step, sieve_ref, cutoff, ties) for c in chunks])
     seen = sum(c[0] for c in counts)
     dropped = sum(c[1] for c in counts)
     record = {"rows_in": seen, "dropped": dropped, "kept": seen - dropped, "files": sum(c[2] for c in counts),
@@ -274,7 +277,8 @@ def _decide(ctx: SelectionContext, orders: list[int], step: Step, sieve: RankSie
 
 def bytes_per_row(fs, path: str) -> dict[str, float]:
     """Uncompressed bytes per row of each column of one signals file (sizes phase-B partitions)."""
-    meta = pq.ParquetFile(path, filesystem=fs).metadata
+    with iofs.open_sequential(fs, path) as f:
+        meta = pq.ParquetFile(f).metadata
     rows = max(meta.num_rows, 1)
     sizes: dict[str, float] = {}
     for g in range(meta.num_row_groups):

@@ -88,7 +88,7 @@ def seal_shard(fs: pafs.FileSystem, layout: Layout, src_shard: str, rows_in: int
     """
     staging = layout.staging_dir(src_shard)
     fragments = iofs.list_files(fs, staging, ".parquet")
-    table = (pa.concat_tables([pq.read_table(f, filesystem=fs) for f in fragments]) if fragments
+    table = (pa.concat_tables([iofs.read_parquet(fs, f) for f in fragments]) if fragments
              else schema.empty_table())
     table = table.sort_by([(S.SRC_INDEX, "ascending")])
     index = table.column(S.SRC_INDEX).to_numpy()
@@ -117,11 +117,12 @@ def seal_shards_at(output_uri: str, storage: iofs.Storage, shards: list[tuple[st
 
 def read_signals(fs: pafs.FileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
     """One shard's signals (optionally only some columns; absent optional columns come back as nulls)."""
-    pf = pq.ParquetFile(path, filesystem=fs)
-    if columns is None:
-        return pf.read()
-    present = [c for c in columns if c in pf.schema_arrow.names]
-    table = pf.read(columns=present)
+    with iofs.open_sequential(fs, path) as f:
+        pf = pq.ParquetFile(f, pre_buffer=True)
+        if columns is None:
+            return pf.read()
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        table = pf.read(columns=present)
     for c in columns:
         if c not in present:
             table = table.append_column(c, pa.nulls(table.num_rows, S.column_type(c) or pa.null()))

@@ -17,6 +17,7 @@ import ray
 
 from djray import schema as S
 from djray.io import fs as iofs
+from djray.io.errors import task_args
 from djray.runtime.cluster import JobError
 from djray.runtime.ledger import Ledger
 from djray.runtime.progress import Progress
@@ -58,7 +59,7 @@ class _Sealer:
     """Seal completed shards in the background: small shards share a task; results are collected as they come."""
 
     def __init__(self, plan, schema: pa.Schema):
-        self.task = ray.remote(num_cpus=0.5, max_retries=3)(seal_shards_at)
+        self.task = ray.remote(num_cpus=0.5, **task_args(plan.cfg.ray.task_retries))(seal_shards_at)
         self.plan, self.schema, self.footer = plan, schema, plan.footer(signals=True)
         self.pending: list[tuple[str, int]] = []
         self.inflight: list[Any] = []
@@ -100,7 +101,11 @@ def run_phase_a(plan, todo: list[str], progress: bool) -> int:
     ds = staging_plan([(s, order[s]) for s in todo], plan.read_spec(), plan.ops, plan.cfg.output.path, plan.storage,
                       schema)
     sealer = _Sealer(plan, schema)
-    rows = consume(ds, todo, sealer.add, Progress("govern", len(todo), enabled=progress))
+    try:
+        rows = consume(ds, todo, sealer.add, Progress("govern", len(todo), enabled=progress))
+    except BaseException:
+        sealer.finish()  # the shards that did stream completely are kept, then the failure is reported
+        raise
     sealed = sealer.finish()
     if sealed != len(todo):
         raise JobError(f"{len(todo) - sealed} shard(s) were streamed but not sealed")

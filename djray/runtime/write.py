@@ -8,6 +8,7 @@ from typing import Any
 
 import ray
 
+from djray.io.errors import task_args
 from djray.runtime.cluster import cluster_cpus
 from djray.runtime.finalize import FinalizeSpec, PatchSelection, finalize_shards
 from djray.runtime.progress import Progress
@@ -50,7 +51,7 @@ def run_final_write(plan, pending: list[str], progress: bool) -> dict[str, dict[
     size = dict(plan.listing)
     n_tasks = max(min(len(pending), cpus), math.ceil(sum(size[s] for s in pending) / BYTES_PER_TASK))
     queue = [[pending[i] for i in g] for g in finalize_groups([size[s] for s in pending], n_tasks)]
-    task = ray.remote(num_cpus=1, max_retries=2)(finalize_shards)
+    task = ray.remote(num_cpus=1, **task_args(plan.cfg.ray.task_retries))(finalize_shards)
     spec = ray.put(finalize_spec(plan))
     bar = Progress("write", len(pending), enabled=progress)
     done: dict[str, dict[str, Any]] = {}

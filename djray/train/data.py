@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from djray import schema as S
 from djray.config import ConfigError
-from djray.io.fs import Storage, join, resolve
+from djray.io.errors import is_storage_error
+from djray.io.fs import Storage, join, open_sequential, read_parquet, resolve
 from djray.train.archs import ClipArch
 from djray.train.config import TrainConfig
 
@@ -104,8 +105,7 @@ def _column_range(fs: pafs.FileSystem, path: str, md, name: str) -> tuple[int, i
     for g in range(md.num_row_groups):
         st = md.row_group(g).column(idx).statistics
         if st is None or not st.has_min_max:
-            with fs.open_input_file(path) as f:
-                col = pq.read_table(f, columns=[name]).column(name).drop_null()
+            col = read_parquet(fs, path, [name]).column(name).drop_null()
             if len(col) == 0:
                 return None
             vals = np.asarray(col.to_numpy())
@@ -116,10 +116,12 @@ def _column_range(fs: pafs.FileSystem, path: str, md, name: str) -> tuple[int, i
 
 
 def _inspect_file(fs: pafs.FileSystem, path: str, rel: str, needed: list[str], grid_cols: bool):
-    with fs.open_input_file(path) as f:
+    with open_sequential(fs, path) as f:
         try:
             md = pq.ParquetFile(f).metadata
         except Exception as e:  # noqa: BLE001 - any unreadable footer is a data problem for the user
+            if is_storage_error(e):  # ... unless the store failed: that is no property of the file
+                raise
             raise TrainDataError(f"data.path: {rel} is not a readable Parquet file: {e}") from None
     names = set(md.schema.to_arrow_schema().names)
     missing = [c for c in needed if c not in names]
@@ -134,7 +136,7 @@ def _inspect_file(fs: pafs.FileSystem, path: str, rel: str, needed: list[str], g
 
 def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
     """Preflight over footers only. Raises TrainDataError with one message naming the key and the file."""
-    storage = Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = Storage.of(cfg.storage)
     mode = cfg.patches.mode
     try:
         fs, root = resolve(cfg.data.path, storage)
@@ -239,8 +241,8 @@ class RowStream:
         if self._cached is not None and self._cached[:2] == (epoch, uid):
             return self._cached[2], self._cached[3]
         shard, group, nrows = self.units[uid]
-        with self.fs.open_input_file(shard.path) as f:
-            table = pq.ParquetFile(f).read_row_group(group, columns=self.columns)
+        with open_sequential(self.fs, shard.path) as f:  # few large reads, resumed after a transient failure
+            table = pq.ParquetFile(f, pre_buffer=True).read_row_group(group, columns=self.columns)
         cols = {c: table.column(c).to_pylist() for c in self.columns}
         order = self._rng(epoch, uid).permutation(nrows) if self.shuffle else np.arange(nrows)
         self._cached = (epoch, uid, cols, order)

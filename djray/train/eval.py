@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from djray.config import ConfigError
 from djray.geometry import canonical_crop, open_image
-from djray.io.fs import Storage, list_shards, resolve
+from djray.io.fs import Storage, list_shards, open_sequential, resolve
 from djray.train.config import TrainConfig
 from djray.train.checkpoint import CHECKPOINTS, META, MODEL_FILE, latest_tag
 
@@ -99,8 +99,8 @@ def read_eval_table(uri: str, columns: list[str], key: str, storage: Storage) ->
     tables = []
     for rel in rels:
         path = f"{root}/{rel}" if root != "/" else f"/{rel}"
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
+        with open_sequential(fs, path) as f:
+            pf = pq.ParquetFile(f, pre_buffer=True)
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
                 raise ConfigError(f"{key}: {rel} lacks column(s) {missing} (needs {columns})")
@@ -153,7 +153,7 @@ def evaluate(cfg: TrainConfig, checkpoint: str, log=print) -> dict[str, Any]:
     ev = cfg.eval
     if ev.classification is None and ev.retrieval is None:
         raise ConfigError("eval: configure eval.classification.path and/or eval.retrieval.path")
-    storage = Storage(cfg.storage.endpoint_url, cfg.storage.region)
+    storage = Storage.of(cfg.storage)
     cls_table = ret_table = None  # read (and check) the data before loading the model
     if ev.classification is not None:
         cls_table = read_eval_table(ev.classification.path, ["image", "label"], "eval.classification.path", storage)

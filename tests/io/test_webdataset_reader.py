@@ -440,34 +440,35 @@ def test_tar_without_end_of_archive_blocks_is_accepted(tmp_path):
     assert summary(rows) == [(k, None) for k in images]
 
 
-class _FlakyFS:
-    """A filesystem whose stream fails like storage does (OSError) after `after` bytes."""
-
-    def __init__(self, data: bytes, after: int):
-        self.data, self.after, self.compression = data, after, "unset"
-
-    def open_input_stream(self, path, compression="detect"):
-        self.compression = compression
-        fs = self
-
-        class Stream(io.BytesIO):
-            def read(self, n=-1):
-                if self.tell() >= fs.after:
-                    raise OSError("connection reset by peer")
-                return super().read(n if 0 <= n <= fs.after - self.tell() else fs.after - self.tell())
-
-        return Stream(self.data)
+def big_members(n: int, size: int) -> list[tuple[str, bytes]]:
+    """n samples whose `jpg` members are `size` random bytes each (the reader does not decode them)."""
+    members = []
+    for i in range(n):
+        members += corpus.sample_members(f"big{i:02d}", f"caption {i}", image=os.urandom(size))
+    return members
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
-def test_storage_error_mid_stream_fails_the_shard(tmp_path, gz):
-    members, _ = members_n(6)
-    data = corpus.write_tar(tmp_path / "s.tar", members).read_bytes()
-    data = gzip.compress(data) if gz else data
-    fs = _FlakyFS(data, after=len(data) // 2)
-    with pytest.raises(OSError, match="connection reset"):
-        list(read_webdataset_shard(fs, "s.tar.gz" if gz else "s.tar", SHARD, ORDER, 256))
-    assert fs.compression is None  # tarfile, not pyarrow, decompresses
+def test_storage_failure_mid_stream_fails_the_shard_never_a_reject(tmp_path, s3_faults, gz):
+    """Every read of the shard after its first 8 MiB window is throttled: the rows read before it are whole, then the
+    shard fails with a storage error naming the object, and nothing the storage did becomes a reject."""
+    from s3_faults import FaultPlan, Rule
+
+    from djray.io.errors import TransientStorageError
+
+    data = corpus.write_tar(tmp_path / "in" / "s.tar", big_members(6, 2 << 20)).read_bytes()
+    name = "s.tar.gz" if gz else "s.tar"
+    (tmp_path / "in" / "s.tar").unlink()
+    (tmp_path / "in" / name).write_bytes(gzip.compress(data, compresslevel=1) if gz else data)
+    key = next(iter(s3_faults.upload(tmp_path / "in", "in")))
+    s3_faults.proxy.reset(FaultPlan(rules=[Rule("slowdown", key=key, nth=2, count=10**6)]))
+    rows = []
+    with pytest.raises(TransientStorageError,
+                       match=rf"s3://{key}: read at byte 8388608 .* (SLOW_DOWN|SERVICE_UNAVAILABLE)"):
+        for table in read_webdataset_shard(s3_faults.fs(retries=1), key, SHARD, ORDER, rows_per_block=1):
+            rows += table.to_pylist()
+    assert rows, "the samples of the first window come out before the failure"
+    assert all(r[S.REJECT_REASON] is None for r in rows)
 
 
 @pytest.mark.parametrize("content", [os.urandom(4096), b"this is not a tar archive at all\n" * 3, b""],
