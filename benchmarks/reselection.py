@@ -62,7 +62,7 @@ def djray_run(config: Path, pythonpath: Path, watch: Path) -> tuple[float, int, 
     with PeakBytes(watch) as peak:
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", RUN, str(config)], check=True, env=env, capture_output=True,
-                              text=True)
+                              text=True, cwd=watch.parent.parent)  # not the repo: `-c` puts the cwd on sys.path
         wall = time.perf_counter() - t0
     return wall, peak.peak, int(done.stdout.strip().splitlines()[-1].split()[-1]) / 1024
 

@@ -121,7 +121,8 @@ def _manifest(plan: Plan, started: float, rows: int, phases: dict[str, float], s
               done_now: dict[str, dict[str, Any]], error: str | None) -> dict[str, Any]:
     fs, layout = plan.out_fs, plan.layout
     done_ledger = Ledger(fs, layout.done_dir(plan.fps.output))
-    earlier = done_ledger.read_many([s for s in plan.shards if s not in done_now and s in done_ledger.listing()])
+    listed = done_ledger.listing()  # one listing, not one per shard
+    earlier = done_ledger.read_many([s for s in plan.shards if s not in done_now and s in listed])
     records = [done_now.get(s) or earlier.get(s) or {"shard": s, "status": "pending"} for s in plan.shards]
     sig_fs, sig_layout = plan.selection_context().sig()  # phase A's models: recorded where the signals were made
     models = {}
