@@ -74,7 +74,7 @@ class Sieve:
 
     @property
     def stage(self) -> str:
-        return S.Stage.sieve(self.name)
+        return S.Stage.sieve(self.params.op)  # the configured op: d4's SemDeDup steps report as sieve:d4
 
     def sample_size(self, pool: int) -> int:
         """Rows `fit` wants when `fit_rows == "sample"` (a seeded sample of the alive pool)."""
