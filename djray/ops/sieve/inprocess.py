@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from djray import schema as S
 from djray.ops.sieve.base import (GROUP, ROW_ID, Decision, GroupSieve, RankSieve, Sieve, SieveParams, alive,

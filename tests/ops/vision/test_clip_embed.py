@@ -124,3 +124,20 @@ def test_float16_storage_would_change_semdedup_decisions():
     kept32, kept16 = kept(x), kept(x.astype(np.float16).astype(np.float32))
     assert len(kept32) < 2100 and len(kept16) < 2100  # about one of every pair either way (a few pairs straddle
     assert kept32 != kept16  # two clusters) ... but not always the same one
+
+
+def test_file_weights_load_with_checksums_and_missing_files_fail_before_work(tmp_path):
+    from djray.models import weights as W
+    from djray.models.clip import build_clip
+
+    model, desc = build_clip("ViT-B-16", "random", seed=3)
+    path = tmp_path / "clip.pt"
+    torch.save(model.state_dict(), path)
+    op = ClipEmbedder(ClipParams(weights=f"file:{path}"))
+    op.setup()
+    rec = op.describe()["model"]
+    assert rec["file_sha256"] == W.sha256_file(str(path)) and rec["state_sha256"] == desc["state_sha256"]
+    with pytest.raises(ValueError, match=r"clip\.weights: file not found"):
+        ClipParams(weights=f"file:{tmp_path}/missing.pt").validate_sources()
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        ClipParams(model="ViT-Q-99")
