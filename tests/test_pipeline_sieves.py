@@ -50,12 +50,16 @@ def _rows(out: Path, kind: str) -> list[dict]:
     return [r for f in sorted((out / kind).glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
 
 
+def _semdedup_run(corpus: Path, out: Path, rows_per_block: int) -> dict:
+    cfg = parse_config({"input": {"path": str(corpus), "format": "webdataset", "rows_per_block": rows_per_block},
+                        "output": {"path": str(out)}, "vision": SMALL_VISION,
+                        "sieve": [{"op": "semdedup", "eps": 0.02, "n_clusters": 2, "embedding": "dino"}]})
+    return pipeline.run(cfg, progress=False, log=lambda m: None)
+
+
 def test_semdedup_on_dino_drops_reencoded_copies(ray_cluster, tmp_path):
     pairs = _near_duplicate_corpus(tmp_path / "in")
-    cfg = parse_config({"input": {"path": str(tmp_path / "in"), "format": "webdataset", "rows_per_block": 4},
-                        "output": {"path": str(tmp_path / "out")}, "vision": SMALL_VISION,
-                        "sieve": [{"op": "semdedup", "eps": 0.02, "n_clusters": 2, "embedding": "dino"}]})
-    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+    manifest = _semdedup_run(tmp_path / "in", tmp_path / "out", 4)
     assert manifest["accounting_ok"] and manifest["rows_in"] == 17
     assert manifest["rejected_by_reason"] == {S.Reason.SEMDEDUP_DUPLICATE: 5}
     rejects = _rows(tmp_path / "out", "rejects")
@@ -74,6 +78,9 @@ def test_semdedup_on_dino_drops_reencoded_copies(ray_cluster, tmp_path):
                if r[S.KEY] in kept and r["semdedup_max_sim"] is not None)
     step = [s for s in manifest["selection"] if s["op"] == "semdedup"]
     assert [s["dropped"] for s in step] == [0, 5]  # the scan publishes M, the cut drops
+    _semdedup_run(tmp_path / "in", tmp_path / "out7", 7)  # other blocks through phase A: the same decisions
+    again = {(r[S.KEY], r[S.DETAIL]) for r in _rows(tmp_path / "out7", "rejects")}
+    assert again == {(r[S.KEY], r[S.DETAIL]) for r in rejects}
 
 
 def _juicer_corpus(root: Path) -> None:
