@@ -99,7 +99,10 @@ def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width:
 # ---- fit -----------------------------------------------------------------------------------------------------------
 
 def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, cpus: int) -> Sieve:
-    # The fit runs alone (its inputs are complete before it starts): it gets every CPU, so a k-means uses them all.
+    # The fit runs alone (its inputs are complete before it starts): it gets every CPU of one node, so a k-means
+    # uses them all.
+    largest = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")], default=cpus)
+    cpus = max(1, min(cpus, largest))
     if sieve.fit_rows == "scan":
         fitted = _fit_scan.options(num_cpus=cpus).remote(ctx_ref, step.index, sieve)
     else:
