@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	DS_BUILD_OPS=0 $(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[vision,text,train,test]"
+	DS_BUILD_OPS=0 $(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[vision,sieve,text,train,test]"
 	touch $@
 
 demo: install

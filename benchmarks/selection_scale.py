@@ -66,21 +66,18 @@ def phase_b(root: str, shards: int) -> dict:
     """Run in a fresh driver process: phase B over the store at `root`."""
     import ray
 
-    from djray.io.fs import Storage
     from djray.ops.sieve.exact_dedup import ExactDedupParams
     from djray.ops.sieve.key_dedup import KeyDedupParams
     from djray.ops.sieve.random import RandomParams
-    from djray.runtime.decisions import SelectionContext
-    from djray.runtime.select import bytes_per_row, run_selection, steps_of
-    from synthetic_signals import shard_names
+    from djray.runtime.select import bytes_per_row, run_selection
+    from synthetic_signals import selection_context
 
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     init_s = time.perf_counter() - t0
     params = [KeyDedupParams(), ExactDedupParams(), RandomParams(keep_fraction=0.5, seed=1)]
-    names = shard_names(shards)
-    ctx = SelectionContext(root, root, Storage(), tuple(names), "bench",
-                           steps_of(params, [f"bench{i}" + "0" * 40 for i in range(len(params))]))
+    names = json.loads(Path(root, "shards.json").read_text())
+    ctx = selection_context(root, names, params)
     with WorkerRss() as workers:
         t0 = time.perf_counter()
         records = run_selection(ctx, params, lambda: shards * ROWS_PER_SHARD,
@@ -103,7 +100,7 @@ def main() -> int:
     if args.phase_b:
         print(json.dumps(phase_b(args.phase_b[0], int(args.phase_b[1]))))
         return 0
-    from synthetic_signals import write_store
+    from synthetic_signals import write_signals_store
 
     base = Path(args.keep_store or tempfile.mkdtemp(prefix="djray-select-bench-"))
     results = {}
@@ -113,7 +110,8 @@ def main() -> int:
             shards = rows // ROWS_PER_SHARD
             if not (root / "signals").exists():
                 t0 = time.perf_counter()
-                write_store(str(root), rows, shards, dim=args.dim)
+                names = write_signals_store(str(root), rows, dim=args.dim, shard_rows=ROWS_PER_SHARD)
+                (root / "shards.json").write_text(json.dumps(names))
                 print(f"wrote {rows:,} rows in {shards:,} shards ({args.dim}-d) in {time.perf_counter() - t0:.1f}s",
                       flush=True)
             shutil.rmtree(root / "_djray", ignore_errors=True)

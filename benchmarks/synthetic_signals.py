@@ -1,9 +1,12 @@
-"""A synthetic signals store written straight to disk (no phase A, no images), for phase-B benchmarks.
+"""Synthetic signals stores for phase-B benchmarks, written straight into `OUTPUT/signals/<shard>.parquet` as phase A
+would, without any pixels: unique keys, `img_sha256` with a planted fraction of byte-identical duplicates, 1 % phase-A
+rejects, clustered unit embeddings (`vis_embedding`, plus planted near-duplicates) and a `clip_score` column.
 
-Rows follow the signals schema: unique keys, `img_sha256` with a planted fraction of byte-identical duplicates,
-a few phase-A rejects, and `vis_embedding` drawn around `clusters` random unit centres (L2-normalised, float32).
+    from synthetic_signals import write_signals_store, selection_context
+    shards = write_signals_store("/tmp/store", rows=1_000_000, dim=384, shard_rows=10_000)
+    ctx = selection_context("/tmp/store", shards, params)      # params: expanded sieve steps
 
-    write_store(root, rows=1_000_000, shards=1_000, dim=384)
+Used by benchmarks/sieve_scale.py and benchmarks/selection_scale.py.
 """
 
 from __future__ import annotations
@@ -16,52 +19,72 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from djray import schema as S
+from djray.io.fs import Storage
+from djray.ops.sieve import build_sieve
+from djray.runtime.decisions import SelectionContext, Step
 from djray.runtime.layout import Layout
 
 
-def shard_names(shards: int) -> list[str]:
-    return [f"{s:06d}.tar" for s in range(shards)]
+def clustered_embeddings(rng: np.random.Generator, n: int, dim: int, centres: np.ndarray, spread: float,
+                         near_fraction: float) -> np.ndarray:
+    """n rows around random centres; a `near_fraction` of them copies the row before it plus tiny noise."""
+    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, dim), np.float32)
+    near = np.flatnonzero(rng.random(n) < near_fraction)
+    near = near[near > 0]
+    x[near] = x[near - 1] + 0.01 * rng.standard_normal((len(near), dim), np.float32)
+    return x
 
 
-def shard_table(s: int, rows_per_shard: int, dim: int, clusters: int, dup_fraction: float, seed: int) -> pa.Table:
-    rng = np.random.default_rng(seed * 1_000_003 + s)
-    n = rows_per_shard
-    first = s * n
-    ids = np.arange(first, first + n)
+def _list_column(x: np.ndarray) -> pa.Array:
+    n, d = x.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1), pa.float32()))
+
+
+def write_shard(root: str, name: str, start: int, rng: np.random.Generator, x: np.ndarray | None,
+                dup_fraction: float) -> None:
+    n = len(x) if x is not None else 0
+    ids = np.arange(start, start + n)
     dup = rng.random(n) < dup_fraction
-    sha_ids = np.where(dup, rng.integers(0, max(1, first + n), n), ids)  # a duplicate copies an earlier (or own) id
+    sha_ids = np.where(dup, rng.integers(0, start + n, n), ids)  # a duplicate copies an earlier (or its own) image
     rejected = rng.random(n) < 0.01
-    cols: dict[str, pa.Array] = {
-        S.KEY: pa.array([f"k{i:010d}" for i in ids]),
-        S.SRC_SHARD: pa.array([f"{s:06d}.tar"] * n),
-        S.SRC_INDEX: pa.array(np.arange(n, dtype=np.int64)),
+    cols = {
+        S.KEY: pa.array([f"{i:010d}" for i in ids]),
+        S.SRC_SHARD: pa.array([name] * n), S.SRC_INDEX: pa.array(np.arange(n, dtype=np.int64)),
         S.STAGE: pa.array(np.where(rejected, "decode", None), pa.string()),
         S.REASON: pa.array(np.where(rejected, "corrupt_image", None), pa.string()),
         S.DETAIL: pa.nulls(n, pa.string()),
-        S.IMG_WIDTH: pa.array(np.full(n, 640, np.int32)),
-        S.IMG_HEIGHT: pa.array(np.full(n, 480, np.int32)),
         S.IMG_SHA256: pa.array([f"{i:064x}" for i in sha_ids]),
-        S.CAPTION_RAW: pa.array(["a synthetic caption"] * n),
+        S.VIS_EMBEDDING: _list_column(x), S.CLIP_SCORE: pa.array(np.round(rng.random(n), 3).astype(np.float32)),
     }
-    if dim:
-        centres = np.random.default_rng(seed).standard_normal((clusters, dim)).astype(np.float32)
-        emb = centres[rng.integers(0, clusters, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        cols[S.VIS_EMBEDDING] = pa.FixedSizeListArray.from_arrays(emb.reshape(-1), dim).cast(pa.list_(pa.float32()))
-    return pa.table(cols)
+    path = Layout(root).signals(name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.table(cols), path, compression="zstd")
 
 
-def write_store(root: str, rows: int, shards: int, dim: int = 384, clusters: int = 1000, dup_fraction: float = 0.05,
-                seed: int = 0) -> list[str]:
-    """Write `rows` rows in `shards` signals files under root/signals/; return the shard names in order."""
-    layout = Layout(root)
-    os.makedirs(f"{root}/signals", exist_ok=True)
-    per = rows // shards
+def write_signals_store(root: str, rows: int, dim: int = 384, shard_rows: int = 10_000, centres: int = 1000,
+                        spread: float = 0.06, near_fraction: float = 0.1, dup_fraction: float = 0.05,
+                        seed: int = 0) -> list[str]:
+    """Write `rows` signal rows in shards of `shard_rows`; returns the shard names in order."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim), np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    names = [f"shard-{i:05d}.tar" for i in range((rows + shard_rows - 1) // shard_rows)]
 
-    def one(s: int) -> None:
-        table = shard_table(s, per, dim, clusters, dup_fraction, seed)
-        pq.write_table(table, layout.signals(f"{s:06d}.tar"), compression="zstd", row_group_size=1024)
+    def one(i: int) -> None:
+        r = np.random.default_rng([seed, i])
+        n = min(shard_rows, rows - i * shard_rows)
+        write_shard(root, names[i], i * shard_rows, r, clustered_embeddings(r, n, dim, c, spread, near_fraction),
+                    dup_fraction)
 
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(one, range(shards)))
-    return shard_names(shards)
+        list(pool.map(one, range(len(names))))
+    return names
+
+
+def selection_context(root: str, shards: list[str], steps: list) -> SelectionContext:
+    """A phase-B context over the store at `root` for already expanded sieve steps (fingerprints are dummies)."""
+    built = [build_sieve(p) for p in steps]
+    return SelectionContext(root, root, Storage(), tuple(shards), "b" * 64,
+                            tuple(Step(i, p.op, s.reason, tuple(s.writes), f"{i:064d}")
+                                  for i, (p, s) in enumerate(zip(steps, built))))

@@ -17,9 +17,10 @@ from djray.ops.base import RUNTIME, is_runtime
 from djray.models import weights as W
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
-from djray.ops.sieve import SieveParams, SieveSpec
+from djray.ops.sieve import EMBEDDING_SIEVES, SieveParams, SieveSpec, expand_steps
 from djray.ops.sieve.key_dedup import KeyDedupParams
 from djray.ops.text.params import TextParams
+from djray.ops.vision.clip_embed import ClipParams
 from djray.ops.vision.params import VisionParams
 
 
@@ -116,6 +117,7 @@ class JobConfig(Section):
     ray: RayConfig = Field(RayConfig(), json_schema_extra=RUNTIME)
     decode: DecodeConfig = DecodeConfig()
     vision: VisionParams | None = None
+    clip: ClipParams | None = None
     signals: SignalsConfig = SignalsConfig()
     sieve: list[SieveSpec] = Field(default_factory=list, description="sample-level governors, in order")
     text: TextParams | None = None
@@ -125,15 +127,30 @@ class JobConfig(Section):
     def _key_dedup_first(cls, v: list[SieveParams]) -> list[SieveParams]:
         if any(s.op == "key_dedup" for s in v[1:]):
             raise ValueError("key_dedup always runs first (keys are unique in the output); list it first or not at all")
+        expand_steps(v)  # e.g. two semdedup steps would publish the same columns
         return v
 
     def steps(self) -> list[SieveParams]:
-        """The phase-B steps in order: key_dedup first (always), then the configured sieves."""
-        return list(self.sieve) if self.sieve and self.sieve[0].op == "key_dedup" else [KeyDedupParams(), *self.sieve]
+        """The phase-B steps in order: key_dedup first (always), then the configured sieves, each as the runtime
+        steps it runs as (semdedup: scan + cut; d4: scan + cut + prune)."""
+        sieves = list(self.sieve) if self.sieve and self.sieve[0].op == "key_dedup" else [KeyDedupParams(), *self.sieve]
+        return expand_steps(sieves)
+
+    def cross_check(self) -> None:
+        """Checks across sections: a sieve reading CLIP or DINO signals needs the section that computes them."""
+        for i, s in enumerate(self.sieve):
+            if s.op in EMBEDDING_SIEVES:
+                section = "vision" if s.embedding == "dino" else "clip"
+                if getattr(self, section) is None:
+                    column = "vis_embedding" if section == "vision" else "clip_image_embedding"
+                    raise ConfigError(f"sieve.{i}.{s.op}.embedding: {s.embedding} reads {column}, which needs a "
+                                      f"`{section}:` section")
+            if s.op == "clip_score" and self.clip is None:
+                raise ConfigError(f"sieve.{i}.clip_score: reads clip_score, which needs a `clip:` section")
 
     def stages(self) -> list[str]:
-        return (["read", "decode"] + (["vision"] if self.vision else [])
-                + [f"sieve:{s.op}" for s in self.steps()]
+        return (["read", "decode"] + (["vision"] if self.vision else []) + (["clip"] if self.clip else [])
+                + list(dict.fromkeys(f"sieve:{s.op}" for s in self.steps()))
                 + (["text"] if self.text and self.text.mode != "none" else []) + ["write"])
 
 
@@ -217,7 +234,9 @@ def validate_config(model: type[M], raw: Any, required: str) -> M:
 
 
 def parse_config(raw: Any) -> JobConfig:
-    return validate_config(JobConfig, raw, "`input` and `output`")
+    cfg = validate_config(JobConfig, raw, "`input` and `output`")
+    cfg.cross_check()
+    return cfg
 
 
 def read_yaml(path: str | Path, overrides: list[str] | None = None) -> Any:

@@ -1,8 +1,8 @@
 """Three fingerprints of a run, so that a new selection never pays for the pixels again.
 
 * signals   — what phase A computed: the input listing (shard names and sizes; the input root is left out, so a
-              corpus may move), the input columns, decode, and the vision model (weights, image size, aggregation,
-              head, precision), everything but patch selection.
+              corpus may move), the input columns, decode, the vision model (weights, image size, aggregation,
+              head, precision), everything but patch selection, and the clip section (model, weights, precision).
 * selection — signals + the `sieve:` steps + patch selection (vision ratio, strategy, seed, strata, mix_alpha).
 * output    — selection + the text branch + output compression.
 
@@ -48,6 +48,7 @@ def signals_sha256(cfg: JobConfig, listing: list[tuple[str, int]]) -> str:
         "input": inputs,
         "decode": params_of(cfg.decode),
         "vision": _vision_signals(cfg.vision) if cfg.vision else None,
+        **({"clip": params_of(cfg.clip)} if cfg.clip else {}),  # absent key: fingerprints of clip-less runs unchanged
     })
 
 

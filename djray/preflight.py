@@ -105,7 +105,7 @@ def prepare(cfg: JobConfig) -> Plan:
     plan.job = _check_output(plan)
     if plan.signals_from_elsewhere:
         _check_signals_source(plan)
-    for section in (cfg.vision, cfg.text):
+    for section in (cfg.vision, cfg.clip, cfg.text):
         if section is not None:
             try:
                 section.validate_sources()
@@ -166,7 +166,7 @@ def _check_output(plan: Plan) -> dict[str, Any] | None:
         if job.get("signals_sha256") != plan.fps.signals:
             raise ConfigError(
                 f"output.path: {cfg.output.path} holds signals computed with other signals parameters (input shards, "
-                "decode, or the vision model, weights, image size, aggregation or head); a new selection or text "
+                "decode, the vision model, weights, image size, aggregation or head, or the clip section); a new selection or text "
                 "branch resumes in place, but new signals need another output.path or output.mode=overwrite")
         return job
     if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(layout.root)):
@@ -188,7 +188,7 @@ def _check_signals_source(plan: Plan) -> None:
         raise ConfigError(f"signals.from: {source} holds no djray run")
     if job.get("signals_sha256") != plan.fps.signals:
         raise ConfigError(f"signals.from: the signals in {source} were computed with other signals parameters (input "
-                          "shards, decode, or the vision model, weights, image size, aggregation or head) than this "
+                          "shards, decode, the vision model, weights, image size, aggregation or head, or the clip section) than this "
                           "config's")
     sealed = Ledger(fs, Layout(root).sealed_dir(plan.fps.signals)).listing()
     missing = [s for s in plan.shards if s not in sealed]

@@ -19,16 +19,24 @@ RUNTIME_COLUMNS = (S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL)
 
 def phase_a_ops(cfg: JobConfig) -> list[Op]:
     """Every row streams through these, in order; a row rejected by one is skipped by the later ones."""
-    d, v = cfg.decode, cfg.vision
+    d, v, c = cfg.decode, cfg.vision, cfg.clip
+    clip_op = None
+    if c is not None:
+        from djray.ops.vision.clip_embed import ClipEmbedder
+
+        clip_op = ClipEmbedder(c, vision_image_size=v.image_size if v else None)
     ops: list[Op] = [
         DecodeOp(DecodeParams(max_pixels=d.max_pixels, min_side=d.min_side,
-                              image_size=v.image_size if v else None)),
+                              image_size=v.image_size if v else None,
+                              clip_image_size=clip_op.size if clip_op and clip_op.pixels == S.CLIP_PIXELS else None)),
         CaptionCheckOp(d.caption),
     ]
     if v is not None:
         from djray.ops.vision.dino_patch import DinoPatchScorer
 
         ops.append(DinoPatchScorer(v))
+    if clip_op is not None:
+        ops.append(clip_op)
     check_chain("phase A", ops, SOURCE_COLUMNS)
     return ops
 

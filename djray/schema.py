@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: img_sha256 in data/rejects; the signals store (signals/); sieve reject stages
+SCHEMA_VERSION = 3  # 2: img_sha256 in data/rejects; the signals store (signals/); sieve reject stages
+# 3: clip columns (signals: clip_image_embedding, clip_text_embedding, clip_score; data: clip_score); k-means columns
 
 # ---- governed row columns (data/) ------------------------------------------------------------------------------
 KEY = "key"
@@ -32,6 +33,10 @@ VIS_CLASSES = "vis_classes"
 VIS_EVIDENCE = "vis_evidence"
 VIS_EMBEDDING = "vis_embedding"
 
+CLIP_IMAGE_EMBEDDING = "clip_image_embedding"  # L2-normalised CLIP image embedding (signals only)
+CLIP_TEXT_EMBEDDING = "clip_text_embedding"  # L2-normalised CLIP embedding of caption_raw (signals only)
+CLIP_SCORE = "clip_score"  # cos(image, text) of the two embeddings above (signals and data)
+
 # ---- reject columns (rejects/) ---------------------------------------------------------------------------------
 STAGE = "stage"
 REASON = "reason"
@@ -46,6 +51,7 @@ SHARD_ORDER = "_shard_order"  # position of the shard in the sorted shard list (
 SHARD_ROWS = "_shard_rows"  # set on the last row a reader emits for a shard: the shard's total row count
 END_OF_SHARD = "_end_of_shard"  # reason on the one marker row (src_index -1) a reader emits after a shard's rows
 PIXELS = "_pixels"  # canonical crop, uint8 (S, S, 3) C-order bytes, fixed_size_binary(S*S*3); only with vision
+CLIP_PIXELS = "_clip_pixels"  # the same crop at CLIP's input size, when it differs from vision.image_size
 TEXT_FALLBACK_REASON = "_text_fallback_reason"  # why the text branch kept the normalised caption (manifest counts)
 CAPTION_INVALID_UTF8 = "_caption_invalid_utf8"  # reader saw caption bytes that are not UTF-8 (decoded with U+FFFD)
 
@@ -73,16 +79,22 @@ class Reason:
     # vision stage
     MISSING_PIXELS = "missing_pixels"  # alive row without a canonical crop (a decode-stage contract breach)
     NONFINITE_SCORES = "nonfinite_scores"  # NaN/inf in the forward pass (e.g. fp16 overflow)
+    NONFINITE_EMBEDDING = "nonfinite_embedding"  # clip stage: NaN/inf or zero-norm CLIP embedding
     # sieves (phase B, stage "sieve:<op>")
     DUPLICATE_KEY = "duplicate_key"  # key_dedup: the key was kept earlier by (shard order, index)
     DUPLICATE_IMAGE = "duplicate_image"  # exact_dedup: byte-identical image kept earlier by (shard order, index)
     NOT_SAMPLED = "not_sampled"  # random: outside the seeded sample
+    LOW_CLIP_SCORE = "low_clip_score"  # clip_score: below min_score or outside the top keep_fraction
+    CLUSTER_QUOTA = "cluster_quota"  # cluster: outside its cluster's quota (hash rank)
+    SEMDEDUP_DUPLICATE = "semdedup_duplicate"  # semdedup / d4: near-duplicate of an earlier row of its cluster
+    D4_PROTOTYPICAL = "d4_prototypical"  # d4: among the rows closest to their (fresh) centroid
 
 
 class Stage:
     READ = "read"
     DECODE = "decode"
     VISION = "vision"
+    CLIP = "clip"
     TEXT = "text"
 
     @staticmethod
@@ -119,6 +131,14 @@ VISION_SIGNAL_FIELDS = [
 PATCH_IDX_FIELD = pa.field(PATCH_IDX, pa.list_(pa.int16()))
 VISION_FIELDS = VISION_SIGNAL_FIELDS[:4] + [PATCH_IDX_FIELD] + VISION_SIGNAL_FIELDS[4:]
 
+# CLIP columns (a `clip:` section): both embeddings are signals only; governed rows carry the score.
+CLIP_SCORE_FIELD = pa.field(CLIP_SCORE, pa.float32())
+CLIP_SIGNAL_FIELDS = [
+    pa.field(CLIP_IMAGE_EMBEDDING, pa.list_(pa.float32())),
+    pa.field(CLIP_TEXT_EMBEDDING, pa.list_(pa.float32())),
+    CLIP_SCORE_FIELD,
+]
+
 REJECT_FIELDS = [
     pa.field(STAGE, pa.string(), nullable=False),
     pa.field(REASON, pa.string(), nullable=False),
@@ -127,7 +147,17 @@ REJECT_FIELDS = [
 
 # Columns a sieve may publish (ARCHITECTURE §2: "the columns sieves publish such as clip_score, cluster_id, gain"):
 # written to signals/ and data/ of the selection that computed them. A sieve's `writes` must name entries here.
-PUBLISHED_FIELDS: dict[str, pa.DataType] = {}
+# k-means sieves publish `cluster_id` / `cos_to_centroid`, prefixed by a tag (`semdedup_cluster_id`) when a
+# selection runs more than one k-means; semdedup and d4 publish M (max cosine to an earlier row of the cluster in
+# the sort order; null for a cluster's first row) and the earlier row it comes from.
+KMEANS_TAGS = ("cluster", "semdedup", "d4_dedup", "d4")
+NEAREST_TYPE = pa.struct([pa.field(KEY, pa.string()), pa.field(SRC_SHARD, pa.string()), pa.field(SRC_INDEX, pa.int64())])
+PUBLISHED_FIELDS: dict[str, pa.DataType] = {
+    **{f"{p}cluster_id": pa.int32() for p in ("", *(f"{t}_" for t in KMEANS_TAGS))},
+    **{f"{p}cos_to_centroid": pa.float32() for p in ("", *(f"{t}_" for t in KMEANS_TAGS))},
+    **{f"{op}_max_sim": pa.float32() for op in ("semdedup", "d4")},
+    **{f"{op}_nearest": NEAREST_TYPE for op in ("semdedup", "d4")},
+}
 
 # Columns every row carries between stages (source columns + bookkeeping), before any governance op adds its own.
 SOURCE_FIELDS = [
@@ -151,17 +181,18 @@ def _published(names: tuple[str, ...]) -> list[pa.Field]:
     return [pa.field(n, PUBLISHED_FIELDS[n]) for n in names]
 
 
-def data_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
+def data_schema(vision: bool = False, published: tuple[str, ...] = (), clip: bool = False) -> pa.Schema:
     """Schema of OUTPUT/data/*.parquet for a run with the given stages and sieve-published columns."""
-    return pa.schema(BASE_FIELDS + (VISION_FIELDS if vision else []) + _published(published))
+    return pa.schema(BASE_FIELDS + (VISION_FIELDS if vision else []) + ([CLIP_SCORE_FIELD] if clip else [])
+                     + _published(published))
 
 
-def rejects_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
+def rejects_schema(vision: bool = False, published: tuple[str, ...] = (), clip: bool = False) -> pa.Schema:
     """Schema of OUTPUT/rejects/*.parquet: reject columns first, then every data column (null where unknown)."""
-    return pa.schema(REJECT_FIELDS + list(data_schema(vision, published)))
+    return pa.schema(REJECT_FIELDS + list(data_schema(vision, published, clip)))
 
 
-def signals_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.Schema:
+def signals_schema(vision: bool = False, published: tuple[str, ...] = (), clip: bool = False) -> pa.Schema:
     """Schema of OUTPUT/signals/*.parquet: every input row of a shard (kept or rejected in phase A), its reject triple
     from phase A (null while alive), and every signal a selection may read. Never image bytes."""
     fields = [
@@ -176,7 +207,8 @@ def signals_schema(vision: bool = False, published: tuple[str, ...] = ()) -> pa.
         pa.field(IMG_SHA256, pa.string()),
         pa.field(CAPTION_RAW, pa.string()),
     ]
-    return pa.schema(fields + (VISION_SIGNAL_FIELDS if vision else []) + _published(published))
+    return pa.schema(fields + (VISION_SIGNAL_FIELDS if vision else []) + (CLIP_SIGNAL_FIELDS if clip else [])
+                     + _published(published))
 
 
 def decision_schema(published: tuple[str, ...] = ()) -> pa.Schema:
@@ -188,7 +220,7 @@ def decision_schema(published: tuple[str, ...] = ()) -> pa.Schema:
 
 def column_type(name: str) -> pa.DataType | None:
     """The contract's type of a column, or None for a name the contract does not define."""
-    for f in SOURCE_FIELDS + BASE_FIELDS + VISION_FIELDS + REJECT_FIELDS:
+    for f in SOURCE_FIELDS + BASE_FIELDS + VISION_FIELDS + CLIP_SIGNAL_FIELDS + REJECT_FIELDS:
         if f.name == name:
             return f.type
     return PUBLISHED_FIELDS.get(name)

@@ -15,7 +15,7 @@ for _k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
 os.environ.setdefault("AWS_REGION", "us-east-1")
 
 import pytest  # noqa: E402
-from llm_fixtures import chat_tokenizer_factory, tiny_lm_dir  # noqa: E402,F401  (shared with tests/ops/text)
+from llm_fixtures import chat_tokenizer_factory, llm, tiny_lm_dir  # noqa: E402,F401  (shared with tests/ops/text)
 
 
 @pytest.fixture(scope="session")

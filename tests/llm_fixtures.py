@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -66,3 +70,51 @@ def tiny_lm_dir(tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+class LLMServer(ThreadingHTTPServer):
+    """An OpenAI-protocol chat server on loopback: rewrites the delimited caption, or fails on demand."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.captions: list[str] = []
+        self.fail = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        caption = re.search(r"<caption>(.*?)</caption>", prompt, re.S).group(1).strip()
+        with self.server.lock:
+            self.server.captions.append(caption)
+        if self.server.fail:
+            status, payload = 500, {"error": {"message": "down"}}
+        else:
+            status, payload = 200, {"choices": [{"index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": f"A photo of {caption}"}}]}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def llm():
+    server = LLMServer()
+    yield server
+    server.shutdown()
+    server.server_close()

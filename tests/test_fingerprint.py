@@ -66,3 +66,22 @@ def test_step_fingerprints_are_prefixes():
     a, b = step_sha256s(one, "s"), step_sha256s(two, "s")
     assert len(a) == 3 and a[:2] == b[:2] and a[2] != b[2]
     assert step_sha256s(one, "other signals")[0] != a[0]
+
+
+def test_the_clip_section_shapes_the_signals_and_its_runtime_keys_nothing():
+    base = _fps()
+    clip = _fps({"clip": {"weights": "random"}})
+    assert clip.signals != base.signals
+    for change in ({"weights": "hub:laion400m_e32"}, {"model": "ViT-B-32"}, {"precision": "bf16"}):
+        assert _fps({"clip": {"weights": "random", **change}}).signals != clip.signals, change
+    same = _fps({"clip": {"weights": "random", "batch_size": 3, "resources": {"pool_size": 2, "num_cpus": 0.5}}})
+    assert same == clip
+
+
+def test_another_semdedup_eps_keeps_the_scan_step_and_changes_the_cut():
+    def steps(eps):
+        cfg = parse_config({**BASE, "sieve": [{"op": "exact_dedup"}, {"op": "semdedup", "eps": eps}]})
+        return step_sha256s(cfg, "s" * 64)
+
+    a, b = steps(0.05), steps(0.07)
+    assert len(a) == 4 and a[:3] == b[:3] and a[3] != b[3]  # key_dedup, exact_dedup, semdedup scan | cut

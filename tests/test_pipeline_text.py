@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import corpus
 import pyarrow.parquet as pq
@@ -16,54 +13,6 @@ from djray.config import parse_config
 
 CAPTIONS = ["a red circle on stripes", "two blue squares near a tree", "a green triangle at night",
             "an orange star over water", "a yellow ellipse and a cat", "a purple diamond on grass"]
-
-
-class LLMServer(ThreadingHTTPServer):
-    """An OpenAI-protocol chat server on loopback: rewrites the delimited caption, or fails on demand."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.captions: list[str] = []
-        self.fail = False
-        self.lock = threading.Lock()
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
-        caption = re.search(r"<caption>(.*?)</caption>", prompt, re.S).group(1).strip()
-        with self.server.lock:
-            self.server.captions.append(caption)
-        if self.server.fail:
-            status, payload = 500, {"error": {"message": "down"}}
-        else:
-            status, payload = 200, {"choices": [{"index": 0, "finish_reason": "stop",
-                                                 "message": {"role": "assistant", "content": f"A photo of {caption}"}}]}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def llm():
-    server = LLMServer()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _corpus(tmp_path):

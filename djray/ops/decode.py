@@ -25,6 +25,7 @@ class DecodeParams(Params):
     max_pixels: int = Field(89_478_485, gt=0)  # width*height above this → decompression_bomb (checked on the header)
     min_side: int = Field(32, ge=1)  # shorter side below this → image_too_small
     image_size: int | None = Field(None, ge=1)  # when set, also emit the canonical crop in `_pixels`
+    clip_image_size: int | None = Field(None, ge=1)  # when set, also emit the same crop at this size: `_clip_pixels`
 
 
 class DecodeOp(Op):
@@ -38,6 +39,8 @@ class DecodeOp(Op):
         super().__init__(self.params, resources)
         if self.params.image_size is not None:
             self.writes = (*type(self).writes, S.PIXELS)  # type: ignore[misc]  # per-instance: depends on params
+        if self.params.clip_image_size is not None:
+            self.writes = (*self.writes, S.CLIP_PIXELS)  # type: ignore[misc]
 
     def setup(self) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -53,6 +56,7 @@ class DecodeOp(Op):
         width: list[int | None] = [None] * n
         height: list[int | None] = [None] * n
         pixels: list[bytes | None] = [None] * n
+        clip_pixels: list[bytes | None] = [None] * n
         reasons: list[str | None] = [None] * n
         details: list[str | None] = [None] * n
         for i in np.flatnonzero(alive):
@@ -66,12 +70,15 @@ class DecodeOp(Op):
                 if min(img.size) < p.min_side:
                     reasons[i] = Reason.IMAGE_TOO_SMALL
                     details[i] = f"{img.width}x{img.height}: shorter side < min_side {p.min_side}"
-                elif p.image_size is not None:
-                    pixels[i] = canonical_crop(img, p.image_size).tobytes()
+                else:
+                    if p.image_size is not None:
+                        pixels[i] = canonical_crop(img, p.image_size).tobytes()
+                    if p.clip_image_size is not None:
+                        clip_pixels[i] = canonical_crop(img, p.clip_image_size).tobytes()
             except ImageRejected as e:
                 reasons[i], details[i] = e.reason, e.detail
             except Exception as e:  # one bad image never fails the batch (MemoryError, ValueError, …)
-                width[i] = height[i] = pixels[i] = None
+                width[i] = height[i] = pixels[i] = clip_pixels[i] = None
                 reasons[i] = Reason.CORRUPT_IMAGE
                 details[i] = f"{type(e).__name__} while decoding: {' '.join(str(e).split())[:160]}"
         out: dict[str, Any] = {
@@ -83,4 +90,6 @@ class DecodeOp(Op):
         }
         if p.image_size is not None:
             out[S.PIXELS] = pa.array(pixels, type=pa.binary(p.image_size * p.image_size * 3))
+        if p.clip_image_size is not None:
+            out[S.CLIP_PIXELS] = pa.array(clip_pixels, type=pa.binary(p.clip_image_size * p.clip_image_size * 3))
         return out

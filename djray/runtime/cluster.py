@@ -78,7 +78,9 @@ def check_cpu_budget(cfg: JobConfig, phases: list[list[Op]]) -> None:
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return
     cpus = ray.cluster_resources().get("CPU", 0)
-    for ops in phases:
+    from djray.runtime.fuse import fuse_stateful
+
+    for ops in map(fuse_stateful, phases):
         held = sum(op.resources.pool_size * op.resources.num_cpus for op in ops if op.stateful)
         if held and held > cpus - 0.5:
             section = next(op.stage for op in ops if op.stateful)

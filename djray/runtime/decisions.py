@@ -79,17 +79,28 @@ def read_decisions(ctx: SelectionContext, step: Step, src_shard: str) -> pa.Tabl
 
 
 def alive_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...], before: int) -> pa.Table:
-    """A shard's rows alive after phase A and steps 0..before-1, with the runtime columns and `columns`."""
+    """A shard's rows alive after phase A and steps 0..before-1, with the runtime columns and `columns`: signal
+    columns, or columns an earlier step published (read from its decision file, e.g. SemDeDup's M for its cut)."""
     src_shard = ctx.shards[order]
     fs, layout = ctx.sig()
-    wanted = list(dict.fromkeys([S.KEY, S.SRC_INDEX, S.REASON, *columns]))
+    earlier = ctx.steps[:before]
+    published = {c: step for step in earlier for c in step.writes if c in columns}
+    wanted = list(dict.fromkeys([S.KEY, S.SRC_INDEX, S.REASON, *(c for c in columns if c not in published)]))
     table = read_signals(fs, layout.signals(src_shard), wanted)
     table = table.filter(pc.is_null(table.column(S.REASON))).drop_columns([S.REASON])
-    for step in ctx.steps[:before]:
-        decided = read_decisions(ctx, step, src_shard)
+    decided_by: dict[str, pa.Table | None] = {}
+    for step in earlier:
+        decided = decided_by[step.name] = read_decisions(ctx, step, src_shard)
         if decided is not None:
             dropped = decided.filter(pc.is_valid(decided.column(S.REASON))).column(S.SRC_INDEX)
             table = table.filter(pc.invert(pc.is_in(table.column(S.SRC_INDEX), value_set=dropped)))
+    for c, step in published.items():
+        decided = decided_by[step.name]
+        if decided is None:  # no row of this shard reached that step, so none is alive now
+            table = table.append_column(c, pa.nulls(table.num_rows, S.PUBLISHED_FIELDS[c]))
+        else:
+            at = pc.index_in(table.column(S.SRC_INDEX), value_set=decided.column(S.SRC_INDEX))
+            table = table.append_column(c, decided.column(c).take(at))
     ids = row_ids(order, table.column(S.SRC_INDEX).to_numpy())
     shard_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)), pa.array([src_shard]))
     return table.append_column(ROW_ID, pa.array(ids)).append_column(S.SRC_SHARD, shard_col)

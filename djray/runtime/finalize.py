@@ -54,6 +54,7 @@ class FinalizeSpec:
     output_sha: str
     patches: PatchSelection | None  # None without a vision branch
     published: tuple[str, ...]
+    clip: bool  # a clip section: signals carry the clip columns, data rows clip_score
     footer: dict[bytes, bytes]
     compression: str
     text: bool
@@ -80,8 +81,9 @@ def finalize_shard(spec: FinalizeSpec, order: int) -> dict[str, Any]:
                    for f in iofs.list_files(fs, layout.patch_dir(spec.output_sha, src_shard), ".parquet")]
         table = apply_patches(table, patches, src_shard)
     vision = spec.patches is not None
-    data = project(table.filter(alive), S.data_schema(vision, spec.published), spec.footer)
-    rejects = project(table.filter(pc.invert(alive)), S.rejects_schema(vision, spec.published), spec.footer)
+    data = project(table.filter(alive), S.data_schema(vision, spec.published, spec.clip), spec.footer)
+    rejects = project(table.filter(pc.invert(alive)), S.rejects_schema(vision, spec.published, spec.clip),
+                      spec.footer)
     counts = _counts(layout, src_shard, table, data, rejects, spec.output_sha)
     iofs.write_table_atomic(fs, layout.data(src_shard), data, spec.compression, uncompressed=(S.IMAGE,))
     iofs.write_table_atomic(fs, layout.rejects(src_shard), rejects, spec.compression, uncompressed=(S.IMAGE,))
@@ -89,7 +91,7 @@ def finalize_shard(spec: FinalizeSpec, order: int) -> dict[str, Any]:
         # phase A's columns as they were (its reject triple, not the sieves'), plus this selection's published ones
         for name in spec.published:
             signals = _set(signals, name, table.column(name))
-        schema = S.signals_schema(vision, spec.published).with_metadata(
+        schema = S.signals_schema(vision, spec.published, spec.clip).with_metadata(
             {**(signals.schema.metadata or {}), S.META_SELECTION_SHA256: ctx.selection_sha.encode()})
         iofs.write_table_atomic(fs, layout.signals(src_shard), project(signals, schema, schema.metadata), "zstd")
     Ledger(fs, layout.done_dir(spec.output_sha)).write(src_shard, counts)

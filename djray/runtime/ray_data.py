@@ -32,6 +32,7 @@ from djray.io.errors import task_args
 from djray.io.source import ReadSpec, read_shard
 from djray.ops.base import Op, apply_op_output
 from djray.runtime.decisions import SelectionContext
+from djray.runtime.fuse import FusedOp, fuse_stateful
 from djray.runtime.kept import read_kept_rows, stage_patches
 from djray.runtime.layout import Layout
 from djray.runtime.signals import stage_batch
@@ -75,11 +76,15 @@ class _OpActor:
         self.op = op
         op.setup()
         describe = getattr(op, "describe", None)
-        if describe is not None:
+        records = op.records() if isinstance(op, FusedOp) else {op.name: describe()} if describe is not None else {}
+        if records:
             fs, root = iofs.resolve(output_uri, storage)
-            iofs.write_json(fs, Layout(root).model_record(op.name), describe())
+            for name, record in records.items():
+                iofs.write_json(fs, Layout(root).model_record(name), record)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if isinstance(self.op, FusedOp):
+            return self.op.run(batch)
         return apply_op_output(batch, self.op, self.op(batch))
 
 
@@ -141,7 +146,7 @@ def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], o
     retry = task_args(spec.task_retries)
     ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)),
                                   ray_remote_args=retry)
-    for op in ops:
+    for op in fuse_stateful(ops):  # model ops with equal resources share one actor (runtime/fuse.py)
         ds = add_op(ds, op, output_uri, storage, retry)
     return ds.map_batches(functools.partial(_stage_signals, output_uri=output_uri, storage=storage, schema=schema),
                           batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **retry)

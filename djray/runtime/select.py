@@ -33,15 +33,14 @@ from djray import schema as S
 from djray.io import fs as iofs
 from djray.io.errors import task_args
 from djray.ops.sieve import build_sieve
-from djray.ops.sieve.base import ROW_ID, GroupSieve, RankSieve, Sieve, SieveParams, sample_filter, sample_order, \
-    sample_seed
+from djray.ops.sieve.base import GROUP, ROW_ID, GroupSieve, RankSieve, Sieve, SieveParams, sample_filter, \
+    sample_order, sample_seed
 from djray.runtime.decisions import SelectionContext, Step, alive_rows, decision_rows, write_decisions
 
 TARGET_PARTITION_BYTES = 256 << 20  # rows one reduce task holds, in bytes of the columns its sieve reads
 TARGET_MAP_BYTES = 128 << 20
 MAX_PARTITIONS = 512
 MAX_FITTED_BYTES = 512 << 20
-_GROUP = "_group"
 
 
 def steps_of(params: list[SieveParams], shas: list[str]) -> tuple[Step, ...]:
@@ -89,25 +88,30 @@ def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width:
     ctx_ref = ray.put(ctx)
     retry = task_args(ctx.task_retries)
     if sieve.fit_rows != "none":
-        sieve = _fit(ctx_ref, chunks, step, sieve, pool, retry)
+        sieve = _fit(ctx_ref, chunks, step, sieve, pool, cpus, retry)
     sieve_ref = ray.put(sieve)
     if isinstance(sieve, RankSieve):
         return _ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry)
     assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
     parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
-    return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)), retry)
+    return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)),
+                    sieve.needs_group_sizes, retry)
 
 
 # ---- fit -----------------------------------------------------------------------------------------------------------
 
-def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, retry: dict) -> Sieve:
+def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, cpus: int, retry: dict) -> Sieve:
+    # The fit runs alone (its inputs are complete before it starts): it gets every CPU of one node, so a k-means
+    # uses them all.
+    largest = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")], default=cpus)
+    cpus = max(1, min(cpus, largest))
     if sieve.fit_rows == "scan":
-        fitted = _fit_scan.options(**retry).remote(ctx_ref, step.index, sieve)
+        fitted = _fit_scan.options(num_cpus=cpus, **retry).remote(ctx_ref, step.index, sieve)
     else:
         fraction = min(1.0, sieve.sample_size(pool) / max(pool, 1))
         seed = sample_seed(sieve)
         pieces = [_sample.options(**retry).remote(ctx_ref, c, step.index, sieve.reads, seed, fraction) for c in chunks]
-        fitted = _fit_sample.options(**retry).remote(sieve, *pieces)
+        fitted = _fit_sample.options(num_cpus=cpus, **retry).remote(sieve, *pieces)
     sieve = ray.get(fitted)
     size = len(pickle.dumps(sieve))
     if size > MAX_FITTED_BYTES:
@@ -123,23 +127,40 @@ def _sample(ctx: SelectionContext, orders: list[int], before: int, reads: tuple[
 
 @ray.remote(num_cpus=1)
 def _fit_sample(sieve: Sieve, *pieces: pa.Table) -> Sieve:
-    sieve.fit(iter([sample_order(list(pieces))]))
+    with _threads():
+        sieve.fit(iter([sample_order(list(pieces))]))
     return sieve
 
 
 @ray.remote(num_cpus=1)
 def _fit_scan(ctx: SelectionContext, before: int, sieve: Sieve) -> Sieve:
-    sieve.fit(alive_rows(ctx, o, sieve.reads, before) for o in range(len(ctx.shards)))
+    with _threads():
+        sieve.fit(alive_rows(ctx, o, sieve.reads, before) for o in range(len(ctx.shards)))
     return sieve
+
+
+def _threads():
+    """Native thread pools (BLAS, OpenMP) sized to the CPUs Ray gave this task (Ray starts workers with one)."""
+    import contextlib
+
+    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=max(1, cpus))
 
 
 # ---- grouped sieves ------------------------------------------------------------------------------------------------
 
 def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int, writers: int,
-             retry: dict) -> dict[str, Any]:
-    mapped = [_map_groups.options(num_returns=parts + 1, **retry).remote(ctx_ref, c, step.index, sieve_ref, parts)
+             needs_sizes: bool, retry: dict) -> dict[str, Any]:
+    mapped = [_map_groups.options(num_returns=parts + 2, **retry).remote(ctx_ref, c, step.index, sieve_ref, parts)
               for c in chunks]
-    rows_in = sum(ray.get([m[-1] for m in mapped]))
+    rows_in = sum(ray.get([m[-2] for m in mapped]))
+    if needs_sizes:
+        # per-group counts summed in a task: O(#groups)
+        sieve_ref = _plan.options(**retry).remote(sieve_ref, *[m[-1] for m in mapped])
     reduced = [_reduce_groups.options(num_returns=writers + 1, **retry).remote(ctx_ref, step, sieve_ref, writers,
                                                                        *[m[p] for m in mapped])
                for p in range(parts)]
@@ -153,16 +174,26 @@ def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int
 def _map_groups(ctx: SelectionContext, orders: list[int], before: int, sieve: GroupSieve, parts: int):
     rows = pa.concat_tables([alive_rows(ctx, o, sieve.reads, before) for o in orders])
     groups = np.asarray(sieve.group(rows), dtype=np.int64) if rows.num_rows else np.zeros(0, np.int64)
-    rows = rows.append_column(_GROUP, pa.array(groups))
+    rows = rows.append_column(GROUP, pa.array(groups))
     bucket = np.mod(groups, parts)
-    return (*[rows.filter(pa.array(bucket == p)) for p in range(parts)], rows.num_rows)
+    values, counts = np.unique(groups, return_counts=True)
+    sizes = pa.table({GROUP: pa.array(values), "n": pa.array(counts)}) if sieve.needs_group_sizes else None
+    return (*[rows.filter(pa.array(bucket == p)) for p in range(parts)], rows.num_rows, sizes)
+
+
+@ray.remote(num_cpus=1)
+def _plan(sieve: GroupSieve, *sizes: pa.Table) -> GroupSieve:
+    """Whole-pool group sizes (summed from the map tasks) → `sieve.plan`; the planned sieve feeds every reduce."""
+    table = pa.concat_tables(sizes) if sizes else pa.table({GROUP: pa.array([], pa.int64()), "n": pa.array([], pa.int64())})
+    summed = table.group_by(GROUP).aggregate([("n", "sum")])
+    sieve.plan(dict(zip(summed.column(GROUP).to_pylist(), summed.column("n_sum").to_pylist())))
+    return sieve
 
 
 @ray.remote(num_cpus=1)
 def _reduce_groups(ctx: SelectionContext, step: Step, sieve: GroupSieve, writers: int, *pieces: pa.Table):
-    rows = pa.concat_tables(pieces).sort_by([(_GROUP, "ascending"), (ROW_ID, "ascending")])
-    groups = rows.column(_GROUP).to_numpy()
-    rows = rows.drop_columns([_GROUP])
+    rows = pa.concat_tables(pieces).sort_by([(GROUP, "ascending"), (ROW_ID, "ascending")])
+    groups = rows.column(GROUP).to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if groups.size else np.zeros(0, np.int64)
     out = []
     for start, end in zip(starts, np.r_[starts[1:], groups.size]):
@@ -267,7 +298,7 @@ def _decide(ctx: SelectionContext, orders: list[int], step: Step, sieve: RankSie
         if ties is not None:
             keep |= (score == cut) & np.isin(rows.column(ROW_ID).to_numpy(), ties)
         shown = None if math.isinf(cutoff) else float(cutoff)
-        details = [None if k else sieve.drop_detail(float(s), shown) for k, s in zip(keep, score)]
+        details = sieve.drop_details(rows, score, keep, shown)
         decided = decision_rows(rows.column(ROW_ID).to_numpy(), keep, details, step, sieve.publish(rows, score))
         files += write_decisions(ctx, step, decided)
         seen += rows.num_rows

@@ -97,7 +97,7 @@ def run_phase_a(plan, todo: list[str], progress: bool) -> int:
     for s in todo:  # fragments of an interrupted attempt: this attempt restages every row of the shard
         iofs.delete_dir(fs, layout.staging_dir(s))
     order = {s: i for i, s in enumerate(plan.shards)}
-    schema = S.signals_schema(vision=plan.cfg.vision is not None)
+    schema = S.signals_schema(vision=plan.cfg.vision is not None, clip=plan.cfg.clip is not None)
     ds = staging_plan([(s, order[s]) for s in todo], plan.read_spec(), plan.ops, plan.cfg.output.path, plan.storage,
                       schema)
     sealer = _Sealer(plan, schema)

@@ -40,7 +40,7 @@ def finalize_spec(plan) -> FinalizeSpec:
     patches = PatchSelection(v.ratio, v.strategy, v.seed, v.strata, v.mix_alpha) if v else None
     published = tuple(dict.fromkeys(c for step in plan.selection_context().steps for c in step.writes))
     return FinalizeSpec(plan.selection_context(), plan.read_spec(), plan.fps.output, patches, published,
-                        plan.footer(), plan.cfg.output.compression, bool(plan.kept_ops))
+                        plan.cfg.clip is not None, plan.footer(), plan.cfg.output.compression, bool(plan.kept_ops))
 
 
 def run_final_write(plan, pending: list[str], progress: bool) -> dict[str, dict[str, Any]]:

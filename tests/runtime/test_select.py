@@ -148,7 +148,7 @@ class TiedSieve(RankSieve):
 
 
 def test_rank_cut_off_inside_a_tie_uses_the_tie_break(ray_cluster, tmp_path, monkeypatch):
-    monkeypatch.setitem(sieves.SIEVES, "tied", TiedSieve)
+    monkeypatch.setitem(sieves._BY_PARAMS, TiedParams, TiedSieve)
     shards = _pool(seed=2)
     ctx, records = _run(tmp_path, shards, [KeyDedupParams(), TiedParams(keep_fraction=0.45)])
     dropped = _decided(ctx)

@@ -32,6 +32,7 @@ from djray import schema as S
 from djray.ops.base import Params
 
 ROW_ID = "_row_id"  # int64: shard order << 32 | src_index — total order of the pool, 8 bytes instead of a path
+GROUP = "_group"  # int64: the group value of the rows a GroupSieve's `select` is given
 RUNTIME_COLUMNS = (ROW_ID, S.KEY, S.SRC_SHARD, S.SRC_INDEX)
 
 
@@ -39,6 +40,16 @@ class SieveParams(Params):
     """Base of every sieve's parameters (`op` is the discriminator in the config's `sieve:` list)."""
 
     op: str
+
+    def kmeans_tags(self) -> tuple[str, ...]:
+        """One tag per k-means this sieve runs (its published cluster columns are prefixed by the tag when a
+        selection runs more than one k-means)."""
+        return ()
+
+    def steps(self, prefixed: bool) -> list[SieveParams]:
+        """The runtime steps this sieve runs as (most sieves: itself). A sieve needing a global cut over values
+        computed per group (SemDeDup's M) runs as two steps: the first publishes the values, the second cuts."""
+        return [self]
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class Sieve:
 
     @property
     def stage(self) -> str:
-        return S.Stage.sieve(self.name)
+        return S.Stage.sieve(self.params.op)  # the configured op: d4's SemDeDup steps report as sieve:d4
 
     def sample_size(self, pool: int) -> int:
         """Rows `fit` wants when `fit_rows == "sample"` (a seeded sample of the alive pool)."""
@@ -78,10 +89,17 @@ class Sieve:
 
 
 class GroupSieve(Sieve):
+    needs_group_sizes: ClassVar[bool] = False  # True: `plan(sizes)` is called before any `select`
+
     def group(self, rows: pa.Table) -> np.ndarray:
         raise NotImplementedError
 
+    def plan(self, sizes: dict[int, int]) -> None:
+        """The number of alive rows in every group, once, before any `select` (only when `needs_group_sizes`):
+        whole-pool quotas per group (cluster sampling) need them. O(#groups) state."""
+
     def select(self, rows: pa.Table) -> Decision:
+        """One group's alive rows sorted by row id; the runtime adds the group value as column `_group`."""
         raise NotImplementedError
 
 
@@ -105,9 +123,23 @@ class RankSieve(Sieve):
     def drop_detail(self, score: float, cutoff: float | None) -> str:
         return f"score {score:.6g} below the cut-off {cutoff:.6g}" if cutoff is not None else f"score {score:.6g}"
 
+    def drop_details(self, rows: pa.Table, score: np.ndarray, keep: np.ndarray,
+                     cutoff: float | None) -> list[str | None]:
+        """Detail per row (None for kept rows); override when a detail needs the row's other columns."""
+        return [None if k else self.drop_detail(float(s), cutoff) for k, s in zip(keep, score)]
+
     def publish(self, rows: pa.Table, score: np.ndarray) -> dict[str, pa.Array]:
         """Columns in `writes`, one value per row (default: none)."""
         return {}
+
+
+def float32_ceil(t: float) -> float:
+    """The smallest float32 >= t, as a Python float: `score >= float32_ceil(t)` on float32 scores is exactly
+    `score >= t` (the runtime compares float32 scores with a float32 cut-off)."""
+    f = np.float32(t)
+    if float(f) < t:
+        f = np.nextafter(f, np.float32(np.inf))
+    return float(f)
 
 
 def keep_count(fraction: float, pool: int) -> int:

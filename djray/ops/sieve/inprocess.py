@@ -2,7 +2,7 @@
 (`djray.runtime.select` reproduces them at scale), for tests and notebooks.
 
     table = pq.read_table("OUTPUT/signals/")              # or any table with `key` and the columns a sieve reads
-    result = run_sieves([build_sieve(RandomParams(keep_fraction=0.5))], table)
+    result = run_sieves([RandomParams(keep_fraction=0.5), SemDedupParams(eps=0.05)], table)   # params or sieves
     result.filter(result["keep"])
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from djray import schema as S
-from djray.ops.sieve.base import (ROW_ID, Decision, GroupSieve, RankSieve, Sieve, alive, sample_filter, sample_order,
-                                  sample_seed, sort_by_row_id, top_n_mask)
+from djray.ops.sieve.base import (GROUP, ROW_ID, Decision, GroupSieve, RankSieve, Sieve, SieveParams, alive,
+                                  sample_filter, sample_order, sample_seed, sort_by_row_id, top_n_mask)
 
 
 def with_runtime_columns(table: pa.Table) -> pa.Table:
@@ -51,13 +50,17 @@ def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
     else:
         keep = top_n_mask(score, sieve.budget(rows.num_rows), sieve.tie_break(rows))
         cutoff = float(score[keep].min()) if keep.any() else None
-    details = [None if k else sieve.drop_detail(float(s), cutoff) for k, s in zip(keep, score)]
+    details = sieve.drop_details(rows, score, keep, cutoff)
     return Decision(keep, details, sieve.publish(rows, score))
 
 
 def _grouped(sieve: GroupSieve, rows: pa.Table) -> Decision:
     n = rows.num_rows
-    groups = sieve.group(rows)
+    groups = np.asarray(sieve.group(rows), dtype=np.int64)
+    rows = rows.append_column(GROUP, pa.array(groups))
+    if sieve.needs_group_sizes:
+        values, counts = np.unique(groups, return_counts=True)
+        sieve.plan(dict(zip(values.tolist(), counts.tolist())))
     keep = np.ones(n, dtype=bool)
     details: list[str | None] = [None] * n
     columns: dict[str, list] = {name: [None] * n for name in sieve.writes}
@@ -76,9 +79,14 @@ def _grouped(sieve: GroupSieve, rows: pa.Table) -> Decision:
     return Decision(keep, details, typed)
 
 
-def run_sieves(sieves: list[Sieve], table: pa.Table) -> pa.Table:
+def run_sieves(sieves: list[Sieve | SieveParams], table: pa.Table) -> pa.Table:
     """Apply `sieves` in order to the alive rows of `table`; returns the table (sorted by row id) with `keep`,
-    `stage`, `reason`, `detail` for the sieve decisions and every published column."""
+    `stage`, `reason`, `detail` for the sieve decisions and every published column. A sieve that runs as several
+    steps (semdedup, d4) runs them all; a later step reads what an earlier one published."""
+    from djray.ops.sieve import build_sieve, expand_steps
+
+    params = [s if isinstance(s, SieveParams) else s.params for s in sieves]
+    sieves = [build_sieve(p) for p in expand_steps(params)]
     table = sort_by_row_id(with_runtime_columns(alive(table)))
     n = table.num_rows
     alive_now = np.ones(n, dtype=bool)
@@ -93,13 +101,14 @@ def run_sieves(sieves: list[Sieve], table: pa.Table) -> pa.Table:
             values = published.setdefault(name, [None] * n)
             for j, v in zip(idx, col.to_pylist()):
                 values[j] = v
+            column = pa.array(values, S.PUBLISHED_FIELDS[name])
+            table = table.drop_columns([name]) if name in table.column_names else table
+            table = table.append_column(name, column)
         for j in np.flatnonzero(~d.keep):
             i = idx[j]
             alive_now[i] = False
             stage[i], reason[i], detail[i] = sieve.stage, sieve.reason, (d.detail[j] if d.detail else None)
     out = table
-    for name, values in published.items():
-        out = out.append_column(name, pa.array(values, S.PUBLISHED_FIELDS[name]))
     for name, values in (("keep", alive_now), ("stage", stage), ("reason", reason), ("detail", detail)):
         if name in out.column_names:
             out = out.drop_columns([name])

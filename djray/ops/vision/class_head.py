@@ -188,27 +188,17 @@ class ClipZeroShotHead(ClassHead):
         patch_torchvision()
         import open_clip
 
+        from djray.models.clip import build_clip
+
         self.labels = read_labels(self.params.labels)
         self.device, self.precision = device, precision
         src = W.parse_source(self.params.weights)
         name = self.params.clip_model
-        shown = f"vision.head.weights ({src})"
-        if src.kind == "hub":
-            tag = src.location or _default_clip_tag(open_clip, name)
-            model = open_clip.create_model(name, pretrained=tag)
-            self.description["pretrained"] = tag
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                model = open_clip.create_model(name, pretrained=None)
-            if src.kind in ("file", "s3"):
-                path = self._fetch()
-                try:
-                    open_clip.load_checkpoint(model, path, strict=True)
-                except Exception as e:  # noqa: BLE001
-                    raise ValueError(f"{shown}: weights do not fit open_clip {name!r} ({type(e).__name__}: "
-                                     f"{str(e)[:300]})") from e
-        model = model.eval().requires_grad_(False).to(device)
+        model, built = build_clip(name, self.params.weights, seed=self.seed, device=device, cache_dir=self.cache_dir,
+                                  key="vision.head.weights")
+        for k in ("pretrained", "file_sha256"):
+            if k in built:
+                self.description[k] = built[k]
         tokenizer = open_clip.get_tokenizer(name)
         with torch.inference_mode():
             per_label = []
@@ -225,7 +215,7 @@ class ClipZeroShotHead(ClassHead):
         self.visual = model.visual  # the text tower is no longer needed
         self.description.update(clip_model=name, weights=str(src), num_classes=len(self.labels),
                                 templates=list(self.params.templates), image_size=list(self.size),
-                                state_sha256=W.state_sha256(model.state_dict()))
+                                state_sha256=built["state_sha256"])
 
     def logits(self, pixels, dino):
         import torch
@@ -241,13 +231,6 @@ class ClipZeroShotHead(ClassHead):
             img = self.visual(x)
         img = F.normalize(img.float(), dim=-1)
         return CLIP_LOGIT_SCALE * img @ self.text.T
-
-
-def _default_clip_tag(open_clip, name: str) -> str:
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if not tags:
-        raise ValueError(f"vision.head.clip_model: open_clip has no pretrained weights for {name!r}")
-    return "openai" if "openai" in tags else tags[0]
 
 
 HEADS = {"none": NoHead, "dino_linear": DinoLinearHead, "clip_zeroshot": ClipZeroShotHead}
