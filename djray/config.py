@@ -89,6 +89,8 @@ class RayConfig(Section):
                                                 "(default: the cluster's CPUs)")
     task_retries: int = Field(3, ge=0, description="times Ray reruns a read/write task that failed on storage after "
                               "every retry of its requests (or whose worker died); then the job fails, resumable")
+    seal_rows: int = Field(10_000, ge=1, description="completed shards are sealed together, up to about this many "
+                           "rows per seal task; a killed driver restages at most the shards of one such batch")
 
 
 def _default(model: type[BaseModel], name: str) -> Any:

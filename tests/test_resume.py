@@ -52,7 +52,7 @@ SIEVES = [{"op": "exact_dedup"}, {"op": "random", "keep_fraction": 0.6, "seed": 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
     corpus = tmp_path / "corpus"
-    write_sample_corpus(str(corpus), 240, 12, "webdataset", seed=11)
+    write_sample_corpus(str(corpus), 240, 24, "webdataset", seed=11)
     reference = tmp_path / "reference"
     pipeline.run(parse_config({"input": {"path": str(corpus), "format": "webdataset"},
                                "output": {"path": str(reference)}, "sieve": SIEVES}),
@@ -60,15 +60,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
 
     out = tmp_path / "out"
     config = tmp_path / "job.yaml"
-    # one final-write task at a time, so that the driver can be killed between two of them
-    config.write_text(f"input: {{path: {corpus}, format: webdataset, rows_per_block: 8}}\noutput: {{path: {out}}}\n"
-                      f"ray: {{max_concurrent_finalize: 1}}\nsieve: {json.dumps(SIEVES)}\n")
+    # one seal task per shard, so that some shards are sealed before the stream ends; one final-write task at a
+    # time, so that the driver can be killed between two of them
+    config.write_text(f"input: {{path: {corpus}, format: webdataset, rows_per_block: 4}}\noutput: {{path: {out}}}\n"
+                      f"ray: {{max_concurrent_finalize: 1, seal_rows: 1}}\nsieve: {json.dumps(SIEVES)}\n")
     state = out / "_djray"
 
     # 1st attempt: killed while shards are streaming (some sealed, none final)
     _kill_when(_cli(config, ray_cluster), lambda: len(list(state.glob("sealed/*/*.json"))) >= 2)
     sealed_after_1 = len(list(state.glob("sealed/*/*.json")))
-    assert sealed_after_1 < 12 and not (out / "manifest.json").exists()
+    assert sealed_after_1 < 24 and not (out / "manifest.json").exists()
 
     # 2nd attempt: killed during the selection (phase B), once its first step is marked done
     _kill_when(_cli(config, ray_cluster), lambda: len(list(state.glob("select/*.json"))) >= 1)
@@ -84,7 +85,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(ray_cluster, tmp_path):
     assert proc.returncode == 0, output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["accounting_ok"]
-    assert manifest["rows_in"] == 240 and manifest["shards_done"] == 12
+    assert manifest["rows_in"] == 240 and manifest["shards_done"] == 24
     assert manifest["rejected_by_reason"].get("not_sampled", 0) > 0
 
     got, want = _rows(out), _rows(reference)

@@ -24,7 +24,6 @@ from djray.runtime.progress import Progress
 from djray.runtime.ray_data import kept_rows_plan, staging_plan
 from djray.runtime.signals import seal_shards_at
 
-SEAL_ROWS_PER_TASK = 10_000  # completed small shards are sealed together, up to about this many rows per task
 
 
 def consume(ds: ray.data.Dataset, todo: list[str], on_complete: Callable[[str, int], None], bar: Progress) -> int:
@@ -67,7 +66,7 @@ class _Sealer:
 
     def add(self, shard: str, rows_in: int) -> None:
         self.pending.append((shard, rows_in))
-        if sum(n for _, n in self.pending) >= SEAL_ROWS_PER_TASK:
+        if sum(n for _, n in self.pending) >= self.plan.cfg.ray.seal_rows:
             self._submit()
         self._collect(block=False)
 
