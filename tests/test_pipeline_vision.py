@@ -231,9 +231,6 @@ def test_model_change_is_refused_runtime_keys_resume_and_a_new_ratio_reselects_w
 def test_file_weights_and_dino_linear_head(ray_cluster, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from djray.models.dino import forward_dino
-    from djray.ops.vision.dino_patch import aggregate_heads
-
     arch = "vit_small_patch16_224.dino"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)  # not the op's seed-0 random init: the file must really be loaded
@@ -266,9 +263,21 @@ def test_file_weights_and_dino_linear_head(ray_cluster, tmp_path):
     crops = torch.from_numpy(_crops(_tar_images(corpus), keys, 224)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
-    ref = forward_dino(model, (crops - mean) / std)
-    scores = aggregate_heads(ref.cls_logits, ref.num_prefix_tokens, "mean_prob").numpy()
-    probs = torch.softmax(ref.cls_tokens.reshape(len(keys), -1) @ weight.T + bias, dim=-1).numpy()
+    # timm's own unfused path: the last block's attention matrix (row 0 = CLS → tokens) and the last-4 [CLS] features
+    x = (crops - mean) / std
+    last = model.blocks[-1].attn
+    last.fused_attn = False
+    captured = {}
+    hook = last.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("attn", o))
+    with torch.no_grad():
+        model.forward_features(x)
+        inter = model.forward_intermediates(x, indices=4, norm=True, return_prefix_tokens=True,
+                                            intermediates_only=True)
+    hook.remove()
+    npt = model.num_prefix_tokens
+    scores = captured["attn"][:, :, 0, npt:].mean(1).double().numpy()  # mean over heads, prefix dropped
+    feats = torch.cat([prefix[:, 0] for _, prefix in inter], dim=-1)  # DINO ViT-S protocol: last-4 [CLS]
+    probs = torch.softmax(feats.double() @ weight.double().T + bias.double(), dim=-1).numpy()
 
     for row, s, p in zip(data, scores, probs):
         assert (row["patch_size"], row["grid_h"], row["grid_w"]) == (16, 14, 14)

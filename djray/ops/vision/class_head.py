@@ -3,8 +3,8 @@
 * ``none``          no classes (vis_classes / vis_evidence are empty lists for alive rows).
 * ``dino_linear``   DINO's published linear probe on the backbone's features from the SAME forward pass:
                     [CLS] of the last 4 blocks through the final norm, concatenated (4·D, ViT-S protocol), or
-                    [CLS] + mean patch token of the last block (2·D, DINO's ViT-B protocol) — picked from the weight
-                    shape. Checkpoint: ``{"state_dict": {"module.linear.weight", "module.linear.bias"}}`` or bare.
+                    [CLS] and mean patch token of the last block INTERLEAVED [cls0, avg0, cls1, avg1, …] (2·D, DINO's
+                    ViT-B protocol, exactly as eval_linear.py builds it) — picked from the weight shape. Checkpoint: ``{"state_dict": {"module.linear.weight", "module.linear.bias"}}`` or bare.
                     Labels: ImageNet-1k (first WordNet lemma per synset, ``djray/data/imagenet1k_labels.txt``).
 * ``clip_zeroshot`` an open_clip image tower on the canonical crop (CLIP mean/std, resized to the tower's input size
                     if it differs); text embeddings of label × templates averaged per label once in setup;
@@ -153,7 +153,10 @@ class DinoLinearHead(ClassHead):
             if dino.cls_tokens.shape[1] != 4:
                 raise ValueError("dino_linear head needs a backbone with at least 4 blocks")
             return dino.cls_tokens.reshape(dino.cls_tokens.shape[0], -1)
-        return torch.cat([dino.cls_tokens[:, -1], dino.patch_mean], dim=-1)
+        # DINO eval_linear.py (avgpool_patchtokens): cat((cls.unsqueeze(-1), avg.unsqueeze(-1)), -1).reshape(B, -1)
+        # interleaves the two vectors [cls0, avg0, cls1, avg1, …]; the published ViT-B heads expect that layout.
+        cls = dino.cls_tokens[:, -1]
+        return torch.stack([cls, dino.patch_mean], dim=-1).reshape(cls.shape[0], -1)
 
     def logits(self, pixels, dino):
         import torch.nn.functional as F

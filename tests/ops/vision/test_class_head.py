@@ -44,16 +44,23 @@ def softmax64(z):
 
 
 def timm_features(model, imgs, mean, std, protocol):
-    """Linear-probe features through timm's own forward paths (independent of djray's forward)."""
+    """Linear-probe features through timm's own forward paths (independent of djray's forward), assembled as DINO's
+    eval_linear.py does: ViT-S n_last_blocks=4 without avgpool, ViT-B n_last_blocks=1 with avgpool_patchtokens."""
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).double() / 255.0
     x = ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).float()
+    n, avgpool = (4, False) if protocol == "cls4" else (1, True)
     with torch.no_grad():
-        if protocol == "cls4":
-            inter = model.forward_intermediates(x, indices=4, norm=True, return_prefix_tokens=True,
-                                                intermediates_only=True)
-            return torch.cat([prefix[:, 0] for _, prefix in inter], dim=-1).double().numpy()
-        f = model.forward_features(x)
-        return torch.cat([f[:, 0], f[:, model.num_prefix_tokens:].mean(1)], dim=-1).double().numpy()
+        # DINO's get_intermediate_layers(x, n): the last n blocks' outputs, each through the final norm
+        intermediate_output = model.forward_intermediates(x, indices=n, norm=True, output_fmt="NLC",
+                                                          return_prefix_tokens=True, intermediates_only=True)
+        intermediate_output = [torch.cat([prefix, tokens], dim=1) for tokens, prefix in intermediate_output]
+        # ---- verbatim from dino/eval_linear.py (LinearClassifier input) ----
+        output = torch.cat([x[:, 0] for x in intermediate_output], dim=-1)
+        if avgpool:
+            output = torch.cat((output.unsqueeze(-1), torch.mean(intermediate_output[-1][:, 1:], dim=1).unsqueeze(-1)),
+                               dim=-1)
+            output = output.reshape(output.shape[0], -1)
+    return output.double().numpy()
 
 
 @pytest.fixture
