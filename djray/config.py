@@ -149,6 +149,20 @@ class JobConfig(Section):
                                       f"`{section}:` section")
             if s.op == "clip_score" and self.clip is None:
                 raise ConfigError(f"sieve.{i}.clip_score: reads clip_score, which needs a `clip:` section")
+        self._text_has_evidence()
+
+    def _text_has_evidence(self) -> None:
+        """rewrite / concat with no class head would silently run the text-only ablation (Tab. 5e)."""
+        t = self.text
+        if t is None or t.mode not in ("rewrite", "concat") or t.evidence == "none":
+            return
+        if self.vision is None:
+            raise ConfigError(f"text.mode: {t.mode} takes class evidence from vision.head, but there is no `vision:` "
+                              "section; add vision.head, or set text.evidence: none for the text-only ablation")
+        if self.vision.head.kind == "none":
+            raise ConfigError(f"text.mode: {t.mode} with vision.head.kind: none gives no class evidence; choose "
+                              "vision.head.kind dino_linear | clip_zeroshot, or set text.evidence: none for the "
+                              "text-only ablation")
 
     def stages(self) -> list[str]:
         return (["read", "decode"] + (["vision"] if self.vision else []) + (["clip"] if self.clip else [])

@@ -100,7 +100,8 @@ def test_storage_defaults_carry_a_throttled_job():
 
 
 def test_sections_switch_stages_on():
-    cfg = parse_config({**BASE, "vision": {"weights": "random"}, "text": {"mode": "concat"}})
+    cfg = parse_config({**BASE, "vision": {"weights": "random", "head": {"kind": "dino_linear", "weights": "random"}},
+                        "text": {"mode": "concat"}})
     assert cfg.stages() == ["read", "decode", "vision", "sieve:key_dedup", "text", "write"]
     assert parse_config({**BASE, "text": {"mode": "none"}}).stages() == ["read", "decode", "sieve:key_dedup", "write"]
 
@@ -130,6 +131,25 @@ def test_text_and_vision_errors_name_their_keys():
     assert "vision.strategy" in _err({**BASE, "vision": {"strategy": "best"}})
     assert "text.mode" in _err({**BASE, "text": {"mode": "poetry"}})
     assert "text.colour: unknown key" in _err({**BASE, "text": {"mode": "concat", "colour": 1}})
+
+
+def test_rewrite_and_concat_without_class_evidence_are_refused_unless_chosen():
+    rewrite = {"mode": "rewrite", "engine": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
+    for text in (rewrite, {"mode": "concat"}):
+        message = _err({**BASE, "text": text})
+        assert message.startswith(f"text.mode: {text['mode']}") and "no `vision:` section" in message
+        assert "text.evidence: none" in message
+        message = _err({**BASE, "vision": {"weights": "random"}, "text": text})
+        assert "vision.head.kind: none" in message and f"text.mode: {text['mode']}" in message
+        # the text-only ablation (Tab. 5e) on purpose
+        for vision in ({}, {"vision": {"weights": "random"}}):
+            cfg = parse_config({**BASE, **vision, "text": {**text, "evidence": "none"}})
+            assert cfg.text.evidence == "none"
+    cfg = parse_config({**BASE, "vision": {"weights": "random", "head": {"kind": "dino_linear", "weights": "random"}},
+                        "text": rewrite})
+    assert cfg.text.evidence == "vision"
+    assert parse_config({**BASE, "text": {"mode": "text_only"}}).text.mode == "text_only"  # needs no evidence
+    assert "text.evidence" in _err({**BASE, "text": {"mode": "concat", "evidence": "clip"}})
 
 
 def test_a_pasted_api_key_is_never_echoed():

@@ -40,7 +40,8 @@ def _config(tmp_path, text):
 
 def test_openai_rewrite_sees_only_kept_rows(ray_cluster, tmp_path, llm, monkeypatch):
     monkeypatch.setenv("DJRAY_TEST_KEY", "sk-never-logged")
-    cfg = _config(tmp_path, {"mode": "rewrite", "engine": "openai", "model": "tiny", "endpoint": llm.endpoint,
+    cfg = _config(tmp_path, {"mode": "rewrite", "evidence": "none", "engine": "openai", "model": "tiny",
+                             "endpoint": llm.endpoint,
                              "api_key_env": "DJRAY_TEST_KEY", "resources": {"pool_size": 1}})
     manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
     assert manifest["rejected_by_reason"] == {"duplicate_key": 1, "empty_caption": 1}
@@ -59,7 +60,8 @@ def test_openai_rewrite_sees_only_kept_rows(ray_cluster, tmp_path, llm, monkeypa
 def test_engine_outage_fails_cleanly_and_resumes(ray_cluster, tmp_path, llm, monkeypatch):
     monkeypatch.setenv("DJRAY_TEST_KEY", "k")
     llm.fail = True
-    cfg = _config(tmp_path, {"mode": "rewrite", "engine": "openai", "model": "tiny", "endpoint": llm.endpoint,
+    cfg = _config(tmp_path, {"mode": "rewrite", "evidence": "none", "engine": "openai", "model": "tiny",
+                             "endpoint": llm.endpoint,
                              "api_key_env": "DJRAY_TEST_KEY", "max_retries": 1, "timeout_s": 2})
     with pytest.raises(pipeline.JobError):
         pipeline.run(cfg, progress=False, log=lambda m: None)

@@ -2,6 +2,8 @@
 
     text:
       mode: rewrite                  # none | text_only | concat | rewrite
+      evidence: vision               # vision: P_O from vis_evidence (needs vision.head) | none: the text-only
+                                     # ablation on purpose (Tab. 5e), rewrite/concat never see class evidence
       engine: vllm                   # vllm | openai | transformers (needed by rewrite; optional for text_only)
       model: Qwen/Qwen2.5-7B-Instruct
       endpoint: http://llm:8000/v1   # openai only: base URL including /v1
@@ -42,6 +44,7 @@ class TextParams(Params):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     mode: Literal["none", "text_only", "concat", "rewrite"] = "rewrite"
+    evidence: Literal["vision", "none"] = "vision"
     engine: Literal["vllm", "openai", "transformers"] | None = None
     model: str | None = None
     endpoint: str | None = Field(None, json_schema_extra=RUNTIME)

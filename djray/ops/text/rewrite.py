@@ -18,6 +18,10 @@ Per mode (``norm`` = `normalize(caption_raw)`; ``src0`` = ``original`` if norm =
 | rewrite, evidence | LLM(P_M + P_O) if it validates, else norm | rewrite / fallback | null / code |
 | rewrite, no evidence | LLM(P_M) (= text_only) if it validates, else norm | rewrite / fallback | no_evidence / code |
 
+``text.evidence: none`` ignores ``vis_evidence`` even when the column is there: every row takes the "no evidence"
+line (the text-only ablation of Tab. 5e, chosen on purpose). Without it, rewrite / concat with no class head is a
+config error (`JobConfig.cross_check`), never a silent ablation.
+
 A caption that is empty after normalisation is kept as it is (source ``original``, reason ``empty_input``) in every
 mode but none. Codes: `djray.ops.text.validate.Fallback`. Identical prompts are generated once (within a batch and
 through a bounded per-actor cache), so repeated web captions ("image", "photo") cost one request.
@@ -116,9 +120,9 @@ class TextRewriteOp(Op):
         p, n = self.params, batch.num_rows
         alive = alive_mask(batch)
         raw = batch.column(S.CAPTION_RAW).to_pylist()
-        has_ev = S.VIS_EVIDENCE in batch.column_names
+        has_ev = S.VIS_EVIDENCE in batch.column_names and p.evidence == "vision"
         ev = batch.column(S.VIS_EVIDENCE).to_pylist() if has_ev else None
-        if not has_ev and p.mode in ("rewrite", "concat") and not self._warned_no_evidence:
+        if not has_ev and p.evidence == "vision" and p.mode in ("rewrite", "concat") and not self._warned_no_evidence:
             log.warning("text.mode %s without a %s column (no vision head): every row is handled as text_only",
                         p.mode, S.VIS_EVIDENCE)
             self._warned_no_evidence = True

@@ -145,6 +145,16 @@ def test_rewrite_without_evidence_column_is_text_only_for_every_row():
     assert src == ["rewrite", "rewrite"] and why == [Fallback.NO_EVIDENCE] * 2
 
 
+def test_evidence_none_ignores_the_vision_column():
+    eng = ScriptedEngine()
+    cap, src, why = run(TextRewriteOp(rewrite_params(evidence="none"), engine=eng),
+                        batch(["teh dgo"], [["golden retriever"]]))
+    assert (cap, src, why) == (["The dog."], ["rewrite"], [Fallback.NO_EVIDENCE])
+    assert OBJECTS_OPEN not in eng.calls[0][0][-1]["content"]
+    cap, src, why = run(TextRewriteOp(TextParams(mode="concat", evidence="none")), batch(["a cat!"], [["tabby"]]))
+    assert (cap, src, why) == (["a cat!"], ["original"], [Fallback.NO_EVIDENCE])
+
+
 BAD = {
     "mk_empty": ("", Fallback.EMPTY_OUTPUT),
     "mk_refuse": ("I'm sorry, but I cannot help with that.", Fallback.REFUSAL),
