@@ -5,7 +5,9 @@ Everything that decides which pixels a patch index refers to lives here, so the 
     img = open_image(data, max_pixels)   # PIL decode, first frame, EXIF orientation, 8-bit RGB
     crop = canonical_crop(img, S)        # shorter side → S (PIL BICUBIC), center crop S×S, uint8 (S, S, 3)
 
-`GEOMETRY` / `geometry_metadata()` describe the same steps as data; they go into the Parquet footer metadata.
+`GEOMETRY` / `geometry_metadata()` describe the same steps as data; they go into the Parquet footer metadata together
+with the Pillow version (its resampling kernels define the pixels) and `decode.max_pixels`. The trainer compares the
+whole record with its own (`geometry_mismatch`) and decodes with the recorded `max_pixels`.
 Only PIL and numpy are used (plus the reason codes from `djray.schema`, which imports nothing from djray).
 """
 
@@ -17,6 +19,7 @@ import warnings
 from typing import Any, TypeVar
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from djray.schema import Reason
@@ -27,6 +30,8 @@ _OPEN_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Formats PIL cannot identify but that are common in scraped data: reported as unsupported, not corrupt.
 _MAGIC = ((b"%PDF", "PDF"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"), (b"<!doctype", "HTML"), (b"<html", "HTML"),
           (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"))
+
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb limit; `decode.max_pixels` default
 
 GEOMETRY: dict[str, Any] = {
     "decode": "PIL",
@@ -194,11 +199,27 @@ def canonical_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8))
 
 
-def geometry_metadata(image_size: int) -> dict[str, Any]:
-    """GEOMETRY plus the crop size, as written to the Parquet footer (`djray.geometry`)."""
+def geometry_metadata(image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """GEOMETRY plus the Pillow version, the crop size and the pixel limit, as written to the Parquet footer
+    (`djray.geometry`)."""
     if int(image_size) < 1:
         raise ValueError("image_size must be >= 1")
-    return {**GEOMETRY, "image_size": int(image_size)}
+    if int(max_pixels) < 1:
+        raise ValueError("max_pixels must be >= 1")
+    return {**GEOMETRY, "pil_version": PIL.__version__, "image_size": int(image_size), "max_pixels": int(max_pixels)}
+
+
+def geometry_mismatch(recorded: dict[str, Any]) -> list[str]:
+    """The keys where a footer record disagrees with this process's decode/resize/crop (`GEOMETRY` + Pillow version),
+    each as `key: recorded → here`; a key missing from the record counts as a disagreement. `image_size` and
+    `max_pixels` are parameters of the record, not of this process: the caller checks / uses them."""
+    here = {**GEOMETRY, "pil_version": PIL.__version__}
+    out = []
+    for key in sorted(set(here) | (set(recorded) - {"image_size", "max_pixels"})):
+        got, want = recorded.get(key, "<not recorded>"), here.get(key, "<unknown here>")
+        if got != want:
+            out.append(f"{key}: {got!r} → {want!r}")
+    return out
 
 
 IndexT = TypeVar("IndexT", int, np.ndarray)

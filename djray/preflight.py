@@ -62,7 +62,7 @@ class Plan:
         """Footer metadata of the output files (`signals=True`: of a sealed signals file, which belongs to no
         particular selection or output)."""
         v = self.cfg.vision
-        geometry = geometry_metadata(v.image_size) if v else None
+        geometry = geometry_metadata(v.image_size, self.cfg.decode.max_pixels) if v else None
         return footer_metadata(None if signals else self.fps.output, djray.__version__, geometry, self.fps.signals)
 
     def read_spec(self) -> ReadSpec:

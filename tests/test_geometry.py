@@ -17,6 +17,7 @@ from djray.geometry import (
     canonical_crop,
     flip_patch_index,
     geometry_metadata,
+    geometry_mismatch,
     open_image,
     to_rgb,
 )
@@ -260,6 +261,13 @@ def test_geometry_metadata_is_json():
     assert meta["image_size"] == 224 and meta["interpolation"] == "bicubic" and meta["crop"] == "center"
     assert {k: meta[k] for k in GEOMETRY} == GEOMETRY
     assert json.loads(json.dumps(meta)) == meta
+    import PIL
+
+    assert meta["pil_version"] == PIL.__version__ and meta["max_pixels"] == 89_478_485
+    assert geometry_metadata(224, 4_000_000)["max_pixels"] == 4_000_000
+    assert geometry_mismatch(meta) == []
+    assert geometry_mismatch({**meta, "interpolation": "bilinear", "pil_version": "1.0"}) == [
+        "interpolation: 'bilinear' → 'bicubic'", f"pil_version: '1.0' → '{PIL.__version__}'"]
 
 
 def test_flip_patch_index():

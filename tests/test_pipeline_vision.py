@@ -111,7 +111,7 @@ def vision_job(ray_cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("vision_job")
     corpus = _corpus_with_rejects(root)
     raw = {"input": {"path": str(corpus), "format": "webdataset", "rows_per_block": 4},
-           "output": {"path": str(root / "out")}, "vision": dict(TINY)}
+           "output": {"path": str(root / "out")}, "decode": {"max_pixels": 50_000_000}, "vision": dict(TINY)}
     t0 = time.monotonic()
     manifest = _run(raw)
     return {"corpus": corpus, "out": root / "out", "raw": raw, "manifest": manifest,
@@ -137,6 +137,7 @@ def test_vision_run_writes_the_contract(vision_job):
     for f in sorted((out / "data").glob("*.parquet")):
         geometry = json.loads(pq.read_metadata(f).metadata[S.META_GEOMETRY])
         assert geometry["image_size"] == 160 and geometry["crop"] == "center"
+        assert geometry["max_pixels"] == 50_000_000  # decode.max_pixels, recorded for the trainer
     ratio = TINY["ratio"]
     for row in data.to_pylist():
         p, gh, gw = row["patch_size"], row["grid_h"], row["grid_w"]

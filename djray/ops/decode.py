@@ -16,13 +16,13 @@ from PIL import ImageFile
 from pydantic import Field
 
 from djray import schema as S
-from djray.geometry import ImageRejected, canonical_crop, open_image
+from djray.geometry import DEFAULT_MAX_PIXELS, ImageRejected, canonical_crop, open_image
 from djray.ops.base import Op, Params, Resources, alive_mask
 from djray.schema import Reason, Stage
 
 
 class DecodeParams(Params):
-    max_pixels: int = Field(89_478_485, gt=0)  # width*height above this → decompression_bomb (checked on the header)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)  # width*height above this → decompression_bomb (checked on the header)
     min_side: int = Field(32, ge=1)  # shorter side below this → image_too_small
     image_size: int | None = Field(None, ge=1)  # when set, also emit the canonical crop in `_pixels`
     clip_image_size: int | None = Field(None, ge=1)  # when set, also emit the same crop at this size: `_clip_pixels`

@@ -22,7 +22,7 @@ from djray import schema as S
 from djray.geometry import canonical_crop, flip_patch_index, open_image
 from djray.patches import rank_desc, sample_rng, select_patches
 from djray.train.config import TrainConfig
-from djray.train.data import MAX_PIXELS, DataPlan, RowStream, TrainDataError
+from djray.train.data import DataPlan, RowStream, TrainDataError
 
 
 @dataclass
@@ -83,7 +83,7 @@ class BatchBuilder:
     def _pixels(self, job: tuple[bytes, bool, str]) -> np.ndarray:
         data, flip, key = job
         try:
-            crop = canonical_crop(open_image(data, MAX_PIXELS), self.plan.image_size)
+            crop = canonical_crop(open_image(data, self.plan.max_pixels), self.plan.image_size)
         except Exception as e:  # noqa: BLE001 - governed rows decoded once already; anything else is not governed data
             raise TrainDataError(f"row {key!r}: image cannot be decoded ({e}); is data.path djray governed output?")
         return np.ascontiguousarray(crop[:, ::-1]) if flip else crop

@@ -3,7 +3,8 @@
     output.path/checkpoints/latest                      DeepSpeed's pointer (written last by save_checkpoint)
     output.path/checkpoints/step_NNNNNNNN/              DeepSpeed: model / optimizer / scheduler (+ ZeRO partitions)
         djray_rank00000.pt …                            per worker: data position + torch/numpy/python(/cuda) RNG
-        djray_meta.json                                 step, total steps, world size, arch, last loss, config
+        djray_meta.json                                 step, total steps, world size, arch, last loss, config,
+                                                        the data's decode.max_pixels (eval decodes with it)
         djray_model.pt                                  plain fp32 state dict (ZeRO 0–2), for `djray eval`
     output.path/metrics.jsonl, train_summary.json
 """
@@ -83,7 +84,7 @@ class Metrics:
 
 
 def save_checkpoint(engine, cfg: TrainConfig, ckdir: Path, step: int, total: int, world: int, rank: int,
-                    data_state: dict, last_loss: float) -> None:
+                    data_state: dict, last_loss: float, max_pixels: int | None = None) -> None:
     """Per-worker state first, then DeepSpeed's (which writes `latest` last): `latest` never names a partial tag."""
     import torch
     import torch.distributed as dist
@@ -96,7 +97,7 @@ def save_checkpoint(engine, cfg: TrainConfig, ckdir: Path, step: int, total: int
         meta = {"step": step, "total_steps": total, "world_size": world, "arch": cfg.model.resolved().as_dict(),
                 "last_loss": last_loss if math.isfinite(last_loss) else None,
                 "loss": cfg.loss, "zero_stage": cfg.deepspeed.zero_stage, "precision": cfg.train.precision,
-                "config": cfg.model_dump(mode="json")}
+                "config": cfg.model_dump(mode="json"), "max_pixels": max_pixels}
         (tag_dir / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if cfg.deepspeed.zero_stage < 3:
             state = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()

@@ -26,6 +26,7 @@ _DERIVED_DS_KEYS = {
     "bf16": "train.precision",
 }
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+RESCORE_ONLY = frozenset({"ratio", "strategy", "strata", "mix_alpha"})  # patches.* keys only `rescore` reads
 
 
 class DataConfig(Section):
@@ -57,6 +58,17 @@ class PatchesConfig(Section):
     strata: int = Field(4, ge=1)
     mix_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _selection_keys_need_rescore(self) -> PatchesConfig:
+        """kept / full never select patches here: a ratio etc. set with them would do nothing, silently."""
+        ignored = sorted(RESCORE_ONLY & self.model_fields_set)
+        if self.mode != "rescore" and ignored:
+            raise ValueError(f"patches.{', patches.'.join(ignored)} only apply to patches.mode: rescore; with "
+                             f"mode {self.mode} the patches are "
+                             + ("those stored in patch_idx (k chosen at governance time, vision.ratio)"
+                                if self.mode == "kept" else "all of them") + ": remove the key(s)")
+        return self
+
 
 class TrainSection(Section):
     batch_size: int = Field(256, ge=1, description="global batch (all workers)")
@@ -76,6 +88,8 @@ class TrainSection(Section):
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
     keep_checkpoints: int = Field(2, ge=1)
     resume: bool = Field(True, description="continue from output.path/checkpoints/latest when it exists")
+    allow_small_contrastive_batch: bool = Field(False, description="accept gradient accumulation > 1: the "
+                                                "contrastive negatives are then micro batch × workers, not the batch")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainSection:
@@ -146,6 +160,16 @@ class TrainConfig(Section):
     ray: RaySection = RaySection()
     storage: StorageConfig = StorageConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _accumulation_shrinks_the_contrastive_batch(self) -> TrainConfig:
+        gas = self.grad_accum()
+        if gas > 1 and not self.train.allow_small_contrastive_batch:
+            raise ValueError(f"deepspeed.config.gradient_accumulation_steps: {gas} splits each step into {gas} "
+                             f"micro steps, and {self.loss} sees only one micro batch × workers as negatives "
+                             f"(train.batch_size / {gas}): set train.allow_small_contrastive_batch: true to accept "
+                             "that, or use more workers instead")
+        return self
 
     def grad_accum(self) -> int:
         return int(self.deepspeed.config.get("gradient_accumulation_steps", 1))

@@ -25,12 +25,11 @@ import pyarrow.parquet as pq
 
 from djray import schema as S
 from djray.config import ConfigError
+from djray.geometry import DEFAULT_MAX_PIXELS, geometry_mismatch
 from djray.io.errors import is_storage_error
 from djray.io.fs import Storage, join, open_sequential, read_parquet, resolve
 from djray.train.archs import ClipArch
 from djray.train.config import TrainConfig
-
-MAX_PIXELS = 89_478_485
 
 
 class TrainDataError(ConfigError):
@@ -58,6 +57,7 @@ class DataPlan:
     has_scores: bool
     num_rows: int = 0
     footer_geometry: dict[str, Any] | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decode.max_pixels recorded at governance time (the footer), else default
 
     def share(self, rank: int, world: int) -> list[Shard]:
         return self.shards[rank::world]
@@ -181,10 +181,28 @@ def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
         sizes = {g["image_size"] for g in geometries.values()}
         if len(sizes) > 1:
             raise TrainDataError(f"data.path: shards were governed at different image sizes {sorted(sizes)}")
+        _check_geometry(geometries)
     has_scores = S.PATCH_SCORES in (columns or [])
+    max_pixels = int((geometry or {}).get("max_pixels") or DEFAULT_MAX_PIXELS)
     return DataPlan(uri=cfg.data.path, storage=storage, shards=shards, image_size=image_size,
                     grid=arch.grid if mode != "full" else None, columns=columns or [], has_scores=has_scores,
-                    num_rows=sum(s.num_rows for s in shards), footer_geometry=geometry)
+                    num_rows=sum(s.num_rows for s in shards), footer_geometry=geometry, max_pixels=max_pixels)
+
+
+def _check_geometry(geometries: dict[str, dict]) -> None:
+    """Every shard's whole geometry record (decode, resize rule, interpolation, crop, Pillow version, pixel limit)
+    equals the first one's, and this process reproduces it: else the stored patch indices name other pixels."""
+    (first_rel, first), *rest = geometries.items()
+    for rel, g in rest:
+        if g != first:
+            keys = sorted(k for k in set(g) | set(first) if g.get(k) != first.get(k))
+            raise TrainDataError(f"data.path: {rel} and {first_rel} were governed with different geometry "
+                                 f"({', '.join(keys)}): their patch indices do not refer to the same crops")
+    diff = geometry_mismatch(first)
+    if diff:
+        raise TrainDataError(f"data.path: geometry mismatch: the data was governed with a crop this trainer does not "
+                             f"reproduce ({'; '.join(diff)}): train with the decode stack that governed the data "
+                             f"(recorded in the djray.geometry footer of {first_rel})")
 
 
 def _check_grid(shard: Shard, geometry: dict | None, ranges: dict, arch: ClipArch) -> None:

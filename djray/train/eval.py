@@ -20,13 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from djray.config import ConfigError
-from djray.geometry import canonical_crop, open_image
+from djray.geometry import DEFAULT_MAX_PIXELS, canonical_crop, open_image
 from djray.io.fs import Storage, list_shards, open_sequential, resolve
 from djray.train.config import TrainConfig
 from djray.train.checkpoint import CHECKPOINTS, META, MODEL_FILE, latest_tag
 
 EVAL_FILE = "eval.json"
-MAX_PIXELS = 89_478_485
 
 
 # ---- metrics on embeddings (pure numpy; tested on constructed cases) -----------------------------------------------
@@ -111,21 +110,23 @@ def read_eval_table(uri: str, columns: list[str], key: str, storage: Storage) ->
     return table
 
 
-def _crops(images: list[bytes], size: int) -> np.ndarray:
-    return np.stack([canonical_crop(open_image(b, MAX_PIXELS), size) for b in images])
+def _crops(images: list[bytes], size: int, max_pixels: int) -> np.ndarray:
+    return np.stack([canonical_crop(open_image(b, max_pixels), size) for b in images])
 
 
 def _device(model):
     return next(model.parameters()).device
 
 
-def _embed_images(model, images: list[bytes], batch_size: int) -> np.ndarray:
+def _embed_images(model, images: list[bytes], batch_size: int, max_pixels: int) -> np.ndarray:
+    """FULL images: the canonical crop, every patch (no patch indices), as the paper's inference."""
     import torch
 
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            px = torch.from_numpy(_crops(images[i:i + batch_size], model.arch.image_size)).to(_device(model))
+            px = torch.from_numpy(_crops(images[i:i + batch_size], model.arch.image_size, max_pixels))
+            px = px.to(_device(model))
             out.append(model.encode_image(px, keep_idx=None).float().cpu().numpy())
     return np.concatenate(out)
 
@@ -161,13 +162,14 @@ def evaluate(cfg: TrainConfig, checkpoint: str, log=print) -> dict[str, Any]:
         ret_table = read_eval_table(ev.retrieval.path, ["image", "caption"], "eval.retrieval.path", storage)
     model, meta, tag_dir = load_model(cfg, checkpoint)
     tokenize = _tokenizer(model.arch.context_length)
+    max_pixels = int(meta.get("max_pixels") or DEFAULT_MAX_PIXELS)  # the training data's decode.max_pixels
     result: dict[str, Any] = {"checkpoint": str(tag_dir.resolve()), "step": meta["step"], "arch": model.arch.name,
                               "patches": "full"}
     if cls_table is not None:
         labels = [str(v) for v in cls_table.column("label").to_pylist()]
         classes = sorted(set(labels))
         lookup = {c: i for i, c in enumerate(classes)}
-        img = _embed_images(model, cls_table.column("image").to_pylist(), ev.batch_size)
+        img = _embed_images(model, cls_table.column("image").to_pylist(), ev.batch_size, max_pixels)
         templates = ev.classification.templates
         prompts = [t.format(c) for c in classes for t in templates]
         txt = _embed_texts(model, tokenize, prompts, ev.batch_size).reshape(len(classes), len(templates), -1)
@@ -176,7 +178,7 @@ def evaluate(cfg: TrainConfig, checkpoint: str, log=print) -> dict[str, Any]:
         result["classification"] = {**m, "num_images": len(labels), "num_classes": len(classes)}
         log(f"zero-shot: top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  ({len(labels)} images, {len(classes)} classes)")
     if ret_table is not None:
-        img = _embed_images(model, ret_table.column("image").to_pylist(), ev.batch_size)
+        img = _embed_images(model, ret_table.column("image").to_pylist(), ev.batch_size, max_pixels)
         txt = _embed_texts(model, tokenize, [str(c) for c in ret_table.column("caption").to_pylist()], ev.batch_size)
         m = retrieval_metrics(img, txt)
         result["retrieval"] = {**m, "num_pairs": int(img.shape[0])}

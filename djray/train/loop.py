@@ -298,7 +298,8 @@ def train(cfg: TrainConfig, plan: DataPlan, *, on_step: Callable[[int, float], N
                                "time": time.time()})
                 window_t, window_samples, window_tokens = time.perf_counter(), 0, 0
             if step == total or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
-                save_checkpoint(engine, cfg, ckdir, step, total, world, rank, data_state, last_loss)
+                save_checkpoint(engine, cfg, ckdir, step, total, world, rank, data_state, last_loss,
+                                plan.max_pixels)
             if on_step is not None:
                 on_step(step, last_loss)
     finally:

@@ -62,6 +62,17 @@ def preflight(cfg, world: int):
     return plan
 
 
+def contrastive_batch_warning(cfg, world: int) -> str | None:
+    """The start-up warning when gradient accumulation shrinks the contrastive batch (allowed by the config)."""
+    gas = cfg.grad_accum()
+    if gas <= 1:
+        return None
+    micro = cfg.micro_batch(world)
+    return (f"djray train: WARNING gradient_accumulation_steps {gas}: the {cfg.loss} loss sees {micro * world} "
+            f"negatives per step (micro batch {micro} × {world} workers), not train.batch_size "
+            f"{cfg.train.batch_size} (train.allow_small_contrastive_batch: true)")
+
+
 def run_train(cfg, log=print, on_step=None) -> dict[str, Any]:
     """Preflight, then train in this process, in Ray Train workers, or as one rank of a `deepspeed` launch."""
     if _launched_by_deepspeed():
@@ -71,6 +82,9 @@ def run_train(cfg, log=print, on_step=None) -> dict[str, Any]:
     else:
         world = max(1, cfg.ray.num_workers)
     plan = preflight(cfg, world)
+    warning = contrastive_batch_warning(cfg, world)
+    if warning and int(os.environ.get("RANK", "0")) == 0:
+        log(warning)
     if cfg.ray.num_workers and not _launched_by_deepspeed():
         from djray.train.ray_train import fit
 

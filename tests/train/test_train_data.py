@@ -199,3 +199,111 @@ def test_shipped_training_configs_parse():
     for path in configs:
         cfg = load_train_config(path)
         assert cfg.model.resolved().grid == 14, path
+
+
+def test_patch_selection_keys_only_with_rescore(train_config, tmp_path):
+    raw = train_config(tmp_path / "o")
+    for mode in ("kept", "full"):
+        for key, value in (("ratio", 0.5), ("strategy", "topk"), ("strata", 2), ("mix_alpha", 0.3)):
+            with pytest.raises(ConfigError, match=rf"patches.{key} only apply to patches.mode: rescore"):
+                parse_train_config({**raw, "patches": {"mode": mode, key: value}})
+    cfg = parse_train_config({**raw, "patches": {"mode": "rescore", "ratio": 0.25, "strategy": "mix", "strata": 2,
+                                                 "mix_alpha": 0.3}})
+    assert (cfg.patches.ratio, cfg.patches.strategy) == (0.25, "mix")
+    assert parse_train_config({**raw, "patches": {"mode": "kept", "seed": 3}}).patches.seed == 3  # kept reads seed
+
+
+def test_gradient_accumulation_shrinking_the_contrastive_batch_needs_consent(train_config, tmp_path):
+    from djray.train.run import contrastive_batch_warning
+
+    raw = train_config(tmp_path / "o", deepspeed={"config": {"gradient_accumulation_steps": 2}})
+    for loss in ("itc", "siglip"):
+        with pytest.raises(ConfigError, match=r"gradient_accumulation_steps: 2 .* "
+                                              r"train.allow_small_contrastive_batch: true"):
+            parse_train_config({**raw, "loss": loss})
+    cfg = parse_train_config({**raw, "train": {**raw["train"], "allow_small_contrastive_batch": True}})
+    assert contrastive_batch_warning(cfg, 2) == (
+        "djray train: WARNING gradient_accumulation_steps 2: the itc loss sees 4 negatives per step "
+        "(micro batch 2 × 2 workers), not train.batch_size 8 (train.allow_small_contrastive_batch: true)")
+    assert contrastive_batch_warning(parse_train_config(train_config(tmp_path / "o")), 2) is None
+
+
+def _rewrite_footers(src, dst, change):
+    """A copy of the governed data whose djray.geometry footer records are passed through change(rel, record)."""
+    import json
+
+    (dst / "data").mkdir(parents=True)
+    for f in sorted((src / "data").glob("*.parquet")):
+        t = pq.read_table(f)
+        meta = dict(t.schema.metadata)
+        meta[S.META_GEOMETRY] = json.dumps(change(f.name, json.loads(meta[S.META_GEOMETRY]))).encode()
+        pq.write_table(t.replace_schema_metadata(meta), dst / "data" / f.name)
+    return dst
+
+
+def test_the_whole_geometry_record_is_checked(governed, train_config, tmp_path):
+    import PIL
+
+    from djray.geometry import GEOMETRY
+
+    cfg, plan = _plan(train_config(tmp_path / "o"))
+    assert {k: plan.footer_geometry[k] for k in GEOMETRY} == GEOMETRY
+    assert plan.footer_geometry["pil_version"] == PIL.__version__ and plan.max_pixels == 89_478_485
+    cases = {
+        "interp": (lambda rel, g: {**g, "interpolation": "bilinear"}, r"interpolation: 'bilinear' → 'bicubic'"),
+        "resize": (lambda rel, g: {**g, "resize": "longer_side"}, r"resize: 'longer_side' → 'shorter_side'"),
+        "crop": (lambda rel, g: {**g, "crop": "random"}, r"crop: 'random' → 'center'"),
+        "pil": (lambda rel, g: {**g, "pil_version": "9.0.0"}, rf"pil_version: '9.0.0' → '{PIL.__version__}'"),
+        "old": (lambda rel, g: {k: v for k, v in g.items() if k != "pil_version"},
+                r"pil_version: '<not recorded>'"),
+        "extra": (lambda rel, g: {**g, "antialias": False}, r"antialias: False → '<unknown here>'"),
+    }
+    for name, (change, message) in cases.items():
+        data = _rewrite_footers(governed, tmp_path / name, change)
+        for mode in ("kept", "rescore"):
+            with pytest.raises(TrainDataError, match=r"geometry mismatch: .*" + message):
+                _plan(train_config(tmp_path / "o", data={"path": str(data)}, patches={"mode": mode}))
+    mixed = _rewrite_footers(governed, tmp_path / "mixed",
+                             lambda rel, g: {**g, "max_pixels": 1000} if rel.startswith("00001") else g)
+    with pytest.raises(TrainDataError, match=r"governed with different geometry \(max_pixels\)"):
+        _plan(train_config(tmp_path / "o", data={"path": str(mixed)}))
+    # full images need no patch mapping: the data still trains
+    assert _plan(train_config(tmp_path / "o", data={"path": str(tmp_path / "pil")}, patches={"mode": "full"}))[1]
+
+
+def test_the_recorded_pixel_limit_is_used(governed, train_config, tmp_path):
+    data = _rewrite_footers(governed, tmp_path / "small", lambda rel, g: {**g, "max_pixels": 1000})
+    cfg, plan = _plan(train_config(tmp_path / "o", data={"path": str(data)}))
+    assert plan.max_pixels == 1000
+    rows, _ = open_stream(cfg, plan, 0, 1).take(2)
+    with pytest.raises(TrainDataError, match=r"image cannot be decoded .*decompression_bomb.*> max_pixels 1000"):
+        _builder(cfg, plan)(rows)
+
+
+def test_trainer_pixels_are_the_pixels_governance_scored(governed, train_config, tmp_path):
+    """Re-score the trainer's crops with the governance fixture's scorer (same model, seed, size): the scores must be
+    the stored patch_scores, so a patch index names the same pixels in both."""
+    from djray.ops.vision.dino_patch import DinoPatchScorer
+    from djray.ops.vision.params import VisionParams
+
+    cfg, plan = _plan(train_config(tmp_path / "o", data={"hflip": 0.0, "shuffle": False}))
+    rows, _ = open_stream(cfg, plan, 0, 1).take(6)
+    batch = _builder(cfg, plan)(rows)
+    op = DinoPatchScorer(VisionParams(model="test_vit", weights="random", image_size=64, ratio=0.5,
+                                      batch_size=8, precision="fp32"))
+    op.setup()
+    src = [dict(key=r[S.KEY], src_shard="t.tar", src_index=i, _shard_order=0, caption_raw="c")
+           for i, r in enumerate(rows)]
+    t = pa.Table.from_pylist(src, schema=S.SOURCE_SCHEMA).append_column(
+        S.PIXELS, pa.array([p.tobytes() for p in batch.pixels], type=pa.binary(64 * 64 * 3)))
+    out = op(t)
+    for i, row in enumerate(rows):
+        np.testing.assert_allclose(out[S.PATCH_SCORES][i].as_py(), row[S.PATCH_SCORES], rtol=1e-5, atol=1e-7,
+                                   err_msg=row[S.KEY])
+    # a one-pixel shift of the crop is caught
+    shifted = np.roll(batch.pixels, 1, axis=2)
+    t2 = t.set_column(t.schema.get_field_index(S.PIXELS), S.PIXELS,
+                      pa.array([p.tobytes() for p in shifted], type=pa.binary(64 * 64 * 3)))
+    moved = op(t2)
+    assert not all(np.allclose(moved[S.PATCH_SCORES][i].as_py(), rows[i][S.PATCH_SCORES], rtol=1e-5, atol=1e-7)
+                   for i in range(len(rows)))

@@ -92,3 +92,29 @@ def test_itc_loss_matches_clip_formula_and_siglip_is_finite():
     assert itc_loss(img, img, torch.tensor([100.0])).item() < 0.2
     s = siglip_loss(img, txt, torch.tensor([10.0]), torch.tensor([-10.0]))
     assert math.isfinite(s.item()) and s.item() > 0
+
+
+def _siglip_numpy(img, txt, t, b):
+    """Zhai et al. (2023), Alg. 1: -Σ_ij log σ(z_ij (t·x_i·y_j + b)) / |B|, z = +1 on the diagonal, -1 elsewhere."""
+    logits = t * np.asarray(img, np.float64) @ np.asarray(txt, np.float64).T + b
+    z = 2.0 * np.eye(len(logits)) - 1.0
+    return float(np.sum(np.log1p(np.exp(-z * logits))) / len(logits))
+
+
+def test_siglip_loss_matches_the_paper_formula():
+    # constructed: orthonormal pairs, t = 10, b = -10 → diagonal logits 0, off-diagonal -10
+    e = torch.eye(3, 8)
+    want = (3 * math.log(2.0) + 6 * math.log1p(math.exp(-10.0))) / 3
+    assert siglip_loss(e, e, torch.tensor([10.0]), torch.tensor([-10.0])).item() == pytest.approx(want, rel=1e-6)
+    assert _siglip_numpy(e.numpy(), e.numpy(), 10.0, -10.0) == pytest.approx(want, rel=1e-12)
+    # swapped pairs: the positives are now the -10 logits
+    swapped = e[[1, 0, 2]]
+    want = (2 * math.log1p(math.exp(10.0)) + 3 * math.log(2.0) + 4 * math.log1p(math.exp(-10.0))) / 3
+    assert siglip_loss(e, swapped, torch.tensor([10.0]), torch.tensor([-10.0])).item() == pytest.approx(want, rel=1e-6)
+    # random unit vectors, a few temperatures and biases
+    g = torch.Generator().manual_seed(7)
+    for t, b in ((10.0, -10.0), (3.0, 0.5), (25.0, -4.0)):
+        img = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+        txt = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+        got = siglip_loss(img, txt, torch.tensor([t]), torch.tensor([b])).item()
+        assert got == pytest.approx(_siglip_numpy(img.numpy(), txt.numpy(), t, b), rel=1e-5)
