@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from djray.submit import submit_command
 
             return submit_command(args)
+        if args.command == "validate" and _is_train_config(args.config):
+            return _validate_train(args.config, args.overrides)
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
             plan = pipeline.prepare(cfg)
@@ -104,6 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("djray: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _is_train_config(path: str) -> bool:
+    """A training config (`djray train`) has a top-level `train:` section; a governance config never has."""
+    from djray.config import read_yaml
+
+    raw = read_yaml(path)
+    return isinstance(raw, dict) and "train" in raw
+
+
+def _validate_train(path: str, overrides: list[str]) -> int:
+    """The config checks of `djray train` (keys, types, cross-checks, arch, batch split); the data is not read."""
+    from djray.train.config import load_train_config
+
+    cfg = load_train_config(path, overrides)
+    arch = cfg.model.resolved()
+    workers = max(1, cfg.ray.num_workers)
+    micro = cfg.micro_batch(workers)
+    print(f"train config OK: {arch.name} at {arch.image_size} px, patches {cfg.patches.mode}, loss {cfg.loss}, "
+          f"{workers} worker(s) × micro batch {micro}; data.path is checked by `djray train` before training")
+    return EXIT_OK
 
 
 def _sample_data(args: argparse.Namespace) -> int:

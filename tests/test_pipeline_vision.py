@@ -303,6 +303,12 @@ def test_file_weights_and_dino_linear_head(ray_cluster, tmp_path):
     assert record["head"]["kind"] == "dino_linear" and record["head"]["features"] == "cls4"
     assert record["head"]["file_sha256"] == _sha256(head_file)
     assert "RANDOM" not in format_summary(manifest)
+    # the histogram of evidence classes per kept image, and the summary line that shows it
+    lengths = [len(r["vis_evidence"]) for r in data]
+    assert manifest["evidence_per_image"] == {str(n): lengths.count(n) for n in sorted(set(lengths))}
+    assert set(manifest["evidence_per_image"]) <= {"1", "2"}  # two classes near 0.4 each, ε = 0.3
+    shown = ", ".join(f"{k}: {v}" for k, v in manifest["evidence_per_image"].items())
+    assert f"evidence classes per image (ε 0.3, softmax)  {shown}" in format_summary(manifest)
 
 
 # ---- bad weights and geometry: fail before work, or fail cleanly -------------------------------------------------

@@ -98,6 +98,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
         lines.append(f"  captions      {shown}")
         for reason, count in sorted(manifest["text_fallback_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"    fallback {reason:<15}{count:>10,}")
+    head = manifest.get("models", {}).get("vision", {}).get("params", {}).get("head") or {}
+    if head.get("kind", "none") != "none" and manifest.get("evidence_per_image"):
+        shown = ", ".join(f"{k}: {v:,}" for k, v in manifest["evidence_per_image"].items())
+        lines.append(f"  evidence classes per image (ε {head.get('threshold')}, {head.get('prob')})  {shown}")
     steps = [s for s in manifest.get("selection", []) if s.get("dropped")]
     if steps:
         lines.append("  selection     " + ", ".join(f"{s['op']} {s['rows_in']:,} → {s['kept']:,}" for s in steps))
