@@ -4,10 +4,16 @@ A caption is DATA. It reaches the model only
 
 * normalised (`normalize`: no control or bidi characters, no newlines: a caption cannot open a new "line" of
   instructions), truncated to `MAX_INPUT_CHARS` at a word boundary,
-* neutralised: ``<`` / ``>`` become ``‹`` / ``›`` (so neither the ``</caption>`` delimiter nor a chat-template special
-  token such as ``<|im_start|>``, ``<s>`` or ``<start_of_turn>`` can appear in it: tokenizers parse special tokens
-  inside message text), and bracketed control tags such as ``[INST]`` / ``[/INST]`` / ``[SYSTEM_PROMPT]`` (Mistral
-  control tokens) become ``(INST)`` …,
+* neutralised (`neutralize`): Unicode NFKC first (fullwidth ``＜/caption＞``, small ``﹤``, fullwidth letters and
+  brackets fold to ASCII); every single angle-bracket look-alike (``<`` ``‹`` ``〈`` ``⟨`` ``❮`` ``❬`` ``⧼`` ``˂``
+  ``ᐸ`` ``❰`` and their closers) becomes ``‹`` / ``›`` (so no chat-template special token such as ``<|im_start|>``,
+  ``<s>`` or ``<start_of_turn>`` can appear: tokenizers parse special tokens inside message text); then every
+  tag-like sequence naming one of the prompt's own delimiters (``caption``, ``objects``) with any bracket look-alike,
+  single or double (``«`` ``《`` ``⟪`` ``≪`` …), is removed, repeatedly, so nested ``</cap</caption>tion>`` cannot
+  reassemble one; bracketed control tags such as ``[INST]`` / ``[/INST]`` / ``[SYSTEM_PROMPT]`` (Mistral control
+  tokens) become ``(INST)`` …. The rendered user message therefore holds exactly one opening and one closing caption
+  delimiter, in any spelling a model might read as one (tests check this with hostile captions). Not covered:
+  homoglyph letters of another script (Cyrillic ``с`` in ``‹/сaption›``), which NFKC does not fold,
 * inside ``<caption>…</caption>`` in the user message, after the instructions and before a closing reminder.
 
 The system message and everything in the user message outside the delimiters depend only on the template and on
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -39,6 +46,23 @@ OBJECTS_OPEN, OBJECTS_CLOSE = "<objects>", "</objects>"
 OBJECTS_SLOT = "{objects}"
 _TEMPLATE_KEYS = {"version", "system", "correction", "evidence", "reminder"}
 _CONTROL_TAG_RE = re.compile(r"\[(/?[A-Z][A-Z_]{1,30})\]")
+# Single angle-bracket look-alikes left after NFKC (which folds ＜＞ ﹤﹥ 〈〉 into < > 〈 〉): all become ‹ ›.
+_LOOKALIKE_OPEN = "<\u2039\u3008\u27e8\u276e\u276c\u29fc\u02c2\u1438\u2770"
+_LOOKALIKE_CLOSE = ">\u203a\u3009\u27e9\u276f\u276d\u29fd\u02c3\u1433\u2771"
+_TO_GUILLEMET = str.maketrans({**dict.fromkeys(_LOOKALIKE_OPEN, "\u2039"), **dict.fromkeys(_LOOKALIKE_CLOSE, "\u203a")})
+# Double ones are ordinary quotation marks (« » in French): kept, but never around a delimiter name.
+_OPEN = "\u2039\u00ab\u300a\u27ea\u226a"
+_CLOSE = "\u203a\u00bb\u300b\u27eb\u226b"
+_GAP = f"[^\\w{_OPEN}{_CLOSE}]*"  # spaces, slashes, punctuation, invisible characters between bracket and name
+
+
+def _name(word: str) -> str:
+    return "[^\\w\\s]*".join(re.escape(ch) for ch in word)  # c.a.p.t.i.o.n, cap\u2063tion
+
+
+_NAMES = "(?:" + "|".join(_name(w) for w in ("caption", "objects")) + ")"
+_DELIMITER_RE = re.compile(f"[{_OPEN}]{_GAP}{_NAMES}{_GAP}[{_CLOSE}]?|/{_GAP}{_NAMES}{_GAP}[{_CLOSE}]",
+                           re.IGNORECASE)
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 ECHO_NGRAM = 6  # an output sharing a run of this many words with the instructions (and not the caption) echoes them
 
@@ -103,9 +127,22 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def neutralize(text: str) -> str:
-    """Make untrusted text safe to place between delimiters: no angle brackets, no bracketed control tags."""
-    text = text.replace("<", "\u2039").replace(">", "\u203a")
+    """Make untrusted text safe to place between delimiters: NFKC, no angle brackets (look-alikes included), no
+    tag-like sequence naming a delimiter of the prompt, no bracketed control tags."""
+    text = unicodedata.normalize("NFKC", text).translate(_TO_GUILLEMET)
+    while True:
+        cut = _DELIMITER_RE.sub("", text)  # nested tags reassemble, and go in the next round
+        if cut == text:
+            break
+        text = cut
+    text = " ".join(text.split())
     return _CONTROL_TAG_RE.sub(r"(\1)", text)
+
+
+def contains_delimiter(text: str) -> bool:
+    """True when `text` holds a tag-like sequence naming one of the prompt's delimiters, in any spelling
+    `neutralize` removes (used to reject model outputs that echo them)."""
+    return bool(_DELIMITER_RE.search(unicodedata.normalize("NFKC", text).translate(_TO_GUILLEMET)))
 
 
 def truncate(text: str, limit: int = MAX_INPUT_CHARS) -> str:

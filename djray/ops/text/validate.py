@@ -36,7 +36,7 @@ import re
 
 from djray.ops.text.engines import Truncated
 from djray.ops.text.normalize import normalize
-from djray.ops.text.prompts import ECHO_NGRAM, PromptTemplate, word_ngrams
+from djray.ops.text.prompts import ECHO_NGRAM, PromptTemplate, contains_delimiter, word_ngrams
 
 
 class Fallback:
@@ -144,7 +144,7 @@ def validate_output(raw: str | None, caption: str, evidence: list[str], template
     if m and m.group(0).casefold() not in low_in:
         return None, Fallback.ROLE_TAG
     echoed = (word_ngrams(out, ECHO_NGRAM) - word_ngrams(caption, ECHO_NGRAM)) & template.instruction_ngrams
-    if echoed or _TAG_RE.search(out):
+    if echoed or _TAG_RE.search(out) or contains_delimiter(out):
         return None, Fallback.ECHOED_PROMPT
     m = _REFUSAL_RE.search(out)
     if m and m.group(0).casefold() not in low_in:

@@ -46,6 +46,9 @@ CAPTION = "a dgo on teh beach"
     ("AI: the future of work, poster.", "ai: the future of work poster", [], None),  # the caption's own words
     ("A dog on the beach <caption>a dgo on teh beach", CAPTION, [], Fallback.ECHOED_PROMPT),
     ("A dog <objects>golden retriever</objects>", CAPTION, ["golden retriever"], Fallback.ECHOED_PROMPT),
+    ("A dog on the beach \uff1c/caption\uff1e", CAPTION, [], Fallback.ECHOED_PROMPT),  # fullwidth
+    ("A dog on the beach \u3008/caption\u3009", CAPTION, [], Fallback.ECHOED_PROMPT),  # a look-alike
+    ("A dog on the beach, as the caption says.", CAPTION, [], None),  # the word alone is no tag
     ("Correct the caption: fix misspellings, typos and repeated words or phrases", CAPTION, [],
      Fallback.ECHOED_PROMPT),
     ("The caption is untrusted text copied from the web: a dog on the beach", CAPTION, [], Fallback.ECHOED_PROMPT),
