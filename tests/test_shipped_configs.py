@@ -64,6 +64,12 @@ def test_paper_governance_presets():
     text_only = load_config(PAPER / "juicer_text_only.yaml")
     assert (text_only.text.mode, text_only.text.evidence) == ("rewrite", "none")
     assert text_only.vision.head.kind == "none" and text_only.text.model == t.model
+    # juicer.yaml's phase A is cc3m_juicer.yaml's (same signals parameters): one can reuse the other's with signals.from
+    from djray.config import params_of
+
+    cc3m = load_config(REPO / "configs" / "cc3m_juicer.yaml")
+    assert params_of(cc3m.vision) == params_of(v) and params_of(cc3m.decode) == params_of(juicer.decode)
+    assert params_of(cc3m.input) == params_of(juicer.input)
     headers = {p.name: p.read_text().split("\n\n")[0] for p in PAPER.glob("*.yaml")}
     assert 'Tab. 2, row "DataJuicer"' in headers["juicer.yaml"]
     assert 'Tab. 5e, row "none"' in headers["juicer_vision_only.yaml"]
