@@ -43,7 +43,8 @@ def fit(cfg: TrainConfig, plan: DataPlan, log=print) -> dict[str, Any]:
         ray.init(address=address, logging_level="WARNING", include_dashboard=False)
     n, gpu = cfg.ray.num_workers, cfg.ray.use_gpu
     resources = {"CPU": cfg.ray.cpus_per_worker, **({"GPU": 1} if gpu else {})}
-    config = {"cfg": cfg.model_dump(mode="json"), "plan": plan,
+    # the keys as the user set them: a worker re-validates them (a full dump would "set" rescore-only patch keys)
+    config = {"cfg": cfg.model_dump(mode="json", exclude_unset=True), "plan": plan,
               "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") or default_extensions_dir()}
     trainer = TorchTrainer(
         _worker,

@@ -211,6 +211,9 @@ def test_patch_selection_keys_only_with_rescore(train_config, tmp_path):
                                                  "mix_alpha": 0.3}})
     assert (cfg.patches.ratio, cfg.patches.strategy) == (0.25, "mix")
     assert parse_train_config({**raw, "patches": {"mode": "kept", "seed": 3}}).patches.seed == 3  # kept reads seed
+    # what Ray Train workers receive (the keys as set) validates again to the same config
+    cfg = parse_train_config(raw)
+    assert parse_train_config(cfg.model_dump(mode="json", exclude_unset=True)) == cfg
 
 
 def test_gradient_accumulation_shrinking_the_contrastive_batch_needs_consent(train_config, tmp_path):
