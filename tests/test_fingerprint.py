@@ -40,7 +40,8 @@ def test_model_decode_and_input_shape_the_signals():
 
 def test_text_and_compression_change_only_the_output():
     base = _fps()
-    for change in ({"text": {"mode": "concat", "evidence": "none"}}, {"output": {"path": "/out", "compression": "snappy"}}):
+    for change in ({"text": {"mode": "concat", "evidence": "none"}},
+                   {"output": {"path": "/out", "compression": "snappy"}}):
         other = _fps(change)
         assert (other.signals, other.selection) == (base.signals, base.selection), change
         assert other.output != base.output, change

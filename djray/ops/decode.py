@@ -22,7 +22,8 @@ from djray.schema import Reason, Stage
 
 
 class DecodeParams(Params):
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)  # width*height above this → decompression_bomb (checked on the header)
+    # width*height above this → decompression_bomb (checked on the header)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0)
     min_side: int = Field(32, ge=1)  # shorter side below this → image_too_small
     image_size: int | None = Field(None, ge=1)  # when set, also emit the canonical crop in `_pixels`
     clip_image_size: int | None = Field(None, ge=1)  # when set, also emit the same crop at this size: `_clip_pixels`

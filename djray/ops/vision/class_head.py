@@ -4,7 +4,8 @@
 * ``dino_linear``   DINO's published linear probe on the backbone's features from the SAME forward pass:
                     [CLS] of the last 4 blocks through the final norm, concatenated (4·D, ViT-S protocol), or
                     [CLS] and mean patch token of the last block INTERLEAVED [cls0, avg0, cls1, avg1, …] (2·D, DINO's
-                    ViT-B protocol, exactly as eval_linear.py builds it) — picked from the weight shape. Checkpoint: ``{"state_dict": {"module.linear.weight", "module.linear.bias"}}`` or bare.
+                    ViT-B protocol, exactly as eval_linear.py builds it) — picked from the weight shape.
+                    Checkpoint: ``{"state_dict": {"module.linear.weight", "module.linear.bias"}}`` or bare.
                     Labels: ImageNet-1k (first WordNet lemma per synset, ``djray/data/imagenet1k_labels.txt``).
 * ``clip_zeroshot`` an open_clip image tower on the canonical crop (CLIP mean/std, resized to the tower's input size
                     if it differs); text embeddings of label × templates averaged per label once in setup;

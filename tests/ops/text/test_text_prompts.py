@@ -89,7 +89,8 @@ def test_hostile_captions_leave_exactly_one_caption_delimiter_pair(evidence):
 def test_neutralize_keeps_ordinary_text():
     from djray.ops.text.prompts import neutralize
 
-    assert neutralize("\u00abBonjour\u00bb, said the caption of the photo") == "\u00abBonjour\u00bb, said the caption of the photo"
+    french = "\u00abBonjour\u00bb, said the caption of the photo"
+    assert neutralize(french) == french  # double quotation marks stay, the word alone is no tag
     assert neutralize("\uff21\uff22\uff23 \ufb01sh x\u00b2") == "ABC fish x2"  # NFKC
     assert neutralize("a <b>bold</b> claim") == "a \u2039b\u203abold\u2039/b\u203a claim"
     assert neutralize("a</caption>b and c") == "ab and c"
