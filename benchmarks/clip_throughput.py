@@ -105,6 +105,7 @@ def run_stage(corpus: Path, out: Path, cpus: int, vision: dict, clip: dict | Non
 
 
 def run_e2e(corpus: Path, work: Path, cpus: int) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
     cfg = work / "clip_score.yaml"
     cfg.write_text(json.dumps({
         "input": {"path": str(corpus), "format": "webdataset", "rows_per_block": BATCH},
