@@ -118,15 +118,17 @@ def _distributions(st: Stats) -> str:
     figs = []
     for name, res in st.floats.items():
         if res.n:
-            title = f"{name} (n={res.n:,}{', sample ' + format(res.sample.size, ',') if res.n > res.sample.size else ''})"
-            figs.append(R.figure(P.hist_plot(res.sample, title, LABELS.get(name, name)), name))
+            sampled = f", sample {res.sample.size:,}" if res.n > res.sample.size else ""
+            title = f"{name} (n={res.n:,}{sampled}, mean {res.mean:.3f})"
+            figs.append(R.figure(P.hist_plot(res.sample, title, LABELS.get(name, name)), title))
     for name, counts in st.ints.items():
         if counts:
-            figs.append(R.figure(P.count_plot(counts, f"{name} (n={sum(counts.values()):,})", name), name))
+            title = f"{name} (n={sum(counts.values()):,})"
+            figs.append(R.figure(P.count_plot(counts, title, name), title))
     for name, counts in st.labels.items():
         if name.endswith("cluster_id") and counts:
-            figs.append(R.figure(P.sizes_plot(cluster_sizes(counts), f"cluster sizes: {name} ({len(counts):,} "
-                                                                       f"clusters)"), name))
+            title = f"cluster sizes: {name} ({len(counts):,} clusters)"
+            figs.append(R.figure(P.sizes_plot(cluster_sizes(counts), title), title))
     if not figs:
         return R.muted("no signal columns to plot in this output")
     return f'<div class="plots">{"".join(figs)}</div>'
@@ -175,7 +177,7 @@ def _models(m: dict[str, Any]) -> str:
     rows, warnings = [], []
     for name, rec in models.items():
         for part, sub in rec.items():
-            if isinstance(sub, dict) and any(k.endswith("sha256") or k in ("model", "weights") for k in sub):
+            if isinstance(sub, dict) and any(k.endswith("sha256") for k in sub):
                 sha = next((v for k, v in sub.items() if k.endswith("sha256")), "")
                 rows.append([name, part, sub.get("model") or sub.get("kind") or "", sub.get("weights", ""),
                              R.Raw(f"<code>{R.escape(str(sha))}</code>")])

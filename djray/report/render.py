@@ -10,6 +10,8 @@ from typing import Any
 from djray import schema as S
 from djray.report.samples import RejectExamples
 
+EVIDENCE_SHOWN = 12  # evidence classes listed on a sample card
+
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
@@ -18,9 +20,9 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}.ok{color:#2a7a2a}.bad{c
 .warn{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px;margin:6px 0}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.plots figure{margin:0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:14px}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px;display:flex;gap:10px}
-.card img{width:224px;height:auto;flex:none;image-rendering:pixelated}.meta{font-size:12px;color:#555}
-.pair{display:flex;gap:8px}.pair figure{margin:0;font-size:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px;display:flex;gap:10px;align-items:flex-start}
+.card img{width:224px;height:auto;flex:none}.pair img{width:160px}.meta{font-size:12px;color:#555}
+.pair{display:flex;gap:8px;align-items:flex-start;flex:none}.pair figure{margin:0;font-size:12px}
 del{background:#fbd5d5;color:#8a1020}ins{background:#d4f2d4;color:#185c18;text-decoration:none}
 .muted{color:#777;font-style:italic}
 """
@@ -104,7 +106,9 @@ def sample_card(row: dict[str, Any], picture: str | None) -> str:
         lines.append(f'<div><b>governed</b> ({escape(str(row.get(S.CAPTION_SOURCE)))}): '
                      f'{word_diff(row.get(S.CAPTION_RAW), row.get(S.CAPTION))}</div>')
     if row.get(S.VIS_EVIDENCE) is not None:
-        ev = ", ".join(row[S.VIS_EVIDENCE]) or "none"
+        ev = ", ".join(row[S.VIS_EVIDENCE][:EVIDENCE_SHOWN]) or "none"
+        if len(row[S.VIS_EVIDENCE]) > EVIDENCE_SHOWN:
+            ev += f" … ({len(row[S.VIS_EVIDENCE]) - EVIDENCE_SHOWN} more)"
         lines.append(f'<div class="meta">evidence: {escape(ev)}</div>')
     if row.get(S.CLIP_SCORE) is not None:
         lines.append(f'<div class="meta">clip_score {row[S.CLIP_SCORE]:.3f}</div>')

@@ -19,7 +19,7 @@ from djray.sample_data import make_sample
 SMALL_VISION = {"model": "vit_small_patch16_224.dino", "weights": "random", "precision": "fp32", "batch_size": 8,
                 "resources": {"num_cpus": 0.5, "pool_size": 1},
                 # random head: class probabilities ~1/1000, so a tiny threshold yields a few evidence classes
-                "head": {"kind": "dino_linear", "weights": "random", "threshold": 0.0015, "top_k": 5}}
+                "head": {"kind": "dino_linear", "weights": "random", "threshold": 0.0025, "top_k": 5}}
 
 
 class Page(HTMLParser):
