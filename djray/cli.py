@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="a djray output directory (local path or s3://bucket/prefix)")
     p.add_argument("--html", default=None, metavar="PATH", help="where to write it (default OUTPUT/report.html)")
     p.add_argument("--samples", type=int, default=16, metavar="N", help="kept sample images shown (default 16)")
+    p.add_argument("--stat-files", type=int, default=None, metavar="K",
+                   help="histograms from K signals/data files spread evenly over the output (default: all files)")
     p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: the standard AWS variables)")
     return parser
 
@@ -122,11 +124,12 @@ def _report(args: argparse.Namespace) -> int:
     from djray.io.fs import Storage
     from djray.report import ReportError, write_report
 
-    if args.samples < 0:
-        print("djray: --samples must be at least 0", file=sys.stderr)
+    if args.samples < 0 or (args.stat_files is not None and args.stat_files < 1):
+        print("djray: report: --samples must be at least 0 and --stat-files at least 1", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        path = write_report(args.output, args.html, args.samples, storage=Storage(endpoint_url=args.endpoint_url))
+        path = write_report(args.output, args.html, args.samples, storage=Storage(endpoint_url=args.endpoint_url),
+                            stat_files=args.stat_files)
     except (ReportError, FileNotFoundError, ValueError) as e:
         print(f"djray: report: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -24,11 +24,12 @@ def default_html_path(output_uri: str) -> str:
 
 
 def write_report(output_uri: str, html_path: str | None = None, samples: int = 16, per_reason: int = 2,
-                 storage: iofs.Storage | None = None, log: Any = None) -> str:
-    """Write the report of `output_uri` to `html_path` (default OUTPUT/report.html; local or s3://); return it."""
+                 storage: iofs.Storage | None = None, log: Any = None, stat_files: int | None = None) -> str:
+    """Write the report of `output_uri` to `html_path` (default OUTPUT/report.html; local or s3://); return it.
+    `stat_files`: compute the histograms from that many files per kind, spread evenly (default: every file)."""
     storage = storage or iofs.Storage()
     started = time.time()
-    html = render_report(Output(output_uri, storage), samples, per_reason)
+    html = render_report(Output(output_uri, storage, stat_files), samples, per_reason)
     target = html_path or default_html_path(output_uri)
     fs, path = iofs.resolve(target, storage)
     iofs.write_bytes_atomic(fs, path, html.encode("utf-8"))
@@ -43,7 +44,7 @@ def render_report(out: Output, samples: int = 16, per_reason: int = 2) -> str:
     sections = [
         ("totals", "Totals and accounting", _totals(m)),
         ("funnel", "Selection funnel", _funnel(m)),
-        ("distributions", "Distributions", _distributions(stats)),
+        ("distributions", "Distributions", _coverage(out) + _distributions(stats)),
         ("evidence", "Evidence classes", _evidence(stats)),
         ("samples", "Samples: images, kept patches, governed captions", _samples(out, samples)),
         ("rejects", "Reject and sieve examples", _rejects(out, per_reason)),
@@ -132,6 +133,12 @@ def _distributions(st: Stats) -> str:
     if not figs:
         return R.muted("no signal columns to plot in this output")
     return f'<div class="plots">{"".join(figs)}</div>'
+
+
+def _coverage(out: Output) -> str:
+    parts = [f"{len(out.stat_paths(k)):,} of {len(out.files(k)):,} {k} files" for k in ("signals", "data")]
+    return R.muted("Statistics over " + " and ".join(parts) + " (counts in the tables above are exact, from the "
+                   "manifest).")
 
 
 def _evidence(st: Stats) -> str:

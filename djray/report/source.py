@@ -28,8 +28,9 @@ class ReportError(Exception):
 class Output:
     """One djray output directory: `Output(uri, storage)`; `scan(kind, columns)` yields record batches."""
 
-    def __init__(self, uri: str, storage: iofs.Storage | None = None):
+    def __init__(self, uri: str, storage: iofs.Storage | None = None, stat_files: int | None = None):
         self.uri = uri
+        self.stat_files = stat_files  # statistics from at most this many files per kind, spread evenly (None: all)
         self.fs, self.root = iofs.resolve(uri, storage or iofs.Storage())
         self.layout = Layout(self.root)
         manifest = iofs.read_json(self.fs, self.layout.manifest)
@@ -57,12 +58,20 @@ class Output:
     def has(self, kind: str, column: str) -> bool:
         return column in self.column_names(kind)
 
+    def stat_paths(self, kind: str) -> list[str]:
+        """The files statistics are computed from: all, or `stat_files` of them evenly spread over the list."""
+        files = self.files(kind)
+        if self.stat_files is None or len(files) <= self.stat_files:
+            return files
+        k = max(self.stat_files, 1)
+        return [files[(i * len(files)) // k] for i in range(k)]
+
     def scan(self, kind: str, columns: list[str], batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-        """Batches of `columns` (those the files have) over every file of `kind`, one row group at a time."""
+        """Batches of `columns` (those the files have) over the statistics files of `kind`, a row group at a time."""
         present = [c for c in columns if self.has(kind, c)]
         if not present:
             return
-        for path in self.files(kind):
+        for path in self.stat_paths(kind):
             yield from self.scan_file(path, present, batch_rows)
 
     def scan_file(self, path: str, columns: list[str], batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:

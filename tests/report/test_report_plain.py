@@ -57,12 +57,18 @@ def test_streamed_statistics_match_the_files(plain_output):
     assert st.ints["caption words before (raw, kept rows)"] == Counter(len(r["caption_raw"].split()) for r in data)
     assert st.ints["caption words after (governed)"] == Counter(len(r["caption"].split()) for r in data)
     assert not st.floats and "evidence classes" not in st.labels
+    # --stat-files 1: the histograms come from one data file (the first of an evenly spread pick), and say so
+    one = Output(str(out), stat_files=1)
+    first = pq.read_table(sorted((out / "data").glob("*.parquet"))[0])
+    assert collect(one).rows["data"] == first.num_rows < manifest["rows_kept"]
 
 
 def test_cli_report_and_run(plain_output, tmp_path, capsys):
     out, _, _ = plain_output
-    assert cli.main(["report", str(out), "--html", str(tmp_path / "cli.html"), "--samples", "2"]) == 0
+    assert cli.main(["report", str(out), "--html", str(tmp_path / "cli.html"), "--samples", "2",
+                     "--stat-files", "1"]) == 0
     page = check_page((tmp_path / "cli.html").read_text(encoding="utf-8"))
+    assert "Statistics over 1 of 2 signals files and 1 of 2 data files" in page.all_text
     assert len([a for _, a in page.images if a.startswith("sample ")]) == 2
     assert cli.main(["report", str(tmp_path / "no-such-output")]) == cli.EXIT_CONFIG
     assert "no manifest.json" in capsys.readouterr().err
