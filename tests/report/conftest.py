@@ -91,6 +91,7 @@ def _plain_corpus(root: Path) -> dict:
     b += corpus.sample_members("a1", "the same key again", image=corpus.image_bytes())
     s0 = make_sample(0, seed=5)
     b += corpus.sample_members("b-copy", "a byte copy of a0", ext=s0["ext"], image=s0["image"])
+    b += corpus.sample_members("b-html", "<script>alert(1)</script> a red <img src=x onerror=alert(2)> square")
     for i in range(6, 10):
         s = make_sample(i, seed=5)
         b += corpus.sample_members(f"b{i}", f"  {s['caption']}  &amp;  more  ", ext=s["ext"], image=s["image"])

@@ -42,10 +42,20 @@ def test_report_without_vision(plain_output, tmp_path):
     # kept samples: the original image (no vision), captions with the normaliser's edits marked
     samples = [alt for _, alt in page.images if alt.startswith("sample ")]
     assert len(samples) == 5
-    assert any("&amp;" in d for d in page.within("del")) and "&" in page.within("ins")
     assert "no vision evidence" in text and "kept patches per image" not in text and "no models ran" in text
     # the funnel ends at the kept rows
     assert funnel_stages(m)[-1] == ("sieve:exact_dedup", m["rows_kept"])
+
+
+def test_captions_and_details_are_escaped(plain_output, tmp_path):
+    out, manifest, _ = plain_output
+    html = open(write_report(str(out), str(tmp_path / "all.html"), samples=100)).read()
+    page = check_page(html)
+    assert len([a for _, a in page.images if a.startswith("sample ")]) == manifest["rows_kept"]  # all kept rows
+    assert "<script" not in html.lower() and "onerror" not in html.replace("onerror=alert(2)&gt;", "")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text
+    # the normaliser's edits marked in the diff: the HTML entity removed, the character added
+    assert any("&amp;" in d for d in page.within("del")) and "&" in page.within("ins")
 
 
 def test_streamed_statistics_match_the_files(plain_output):
