@@ -92,7 +92,8 @@ def word_diff(before: str | None, after: str | None) -> str:
 
 
 def _source(row: dict[str, Any]) -> str:
-    return f"{row.get(S.KEY)} · {row.get(S.SRC_SHARD)}#{row.get(S.SRC_INDEX)} · {row.get(S.IMG_WIDTH)}×{row.get(S.IMG_HEIGHT)}"
+    size = f"{row.get(S.IMG_WIDTH)}×{row.get(S.IMG_HEIGHT)}"
+    return f"{row.get(S.KEY)} · {row.get(S.SRC_SHARD)}#{row.get(S.SRC_INDEX)} · {size}"
 
 
 def sample_card(row: dict[str, Any], picture: str | None) -> str:

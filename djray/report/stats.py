@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -145,7 +144,3 @@ def cluster_sizes(counter: Counter) -> np.ndarray:
     """Rows per cluster (one value per cluster) from a {cluster_id: rows} counter."""
     return np.array(sorted(counter.values()), np.int64)
 
-
-def summary(values: Any) -> dict[str, float]:
-    a = np.asarray(values, np.float64)
-    return {"n": int(a.size), "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean())} if a.size else {}
