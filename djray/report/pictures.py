@@ -48,12 +48,13 @@ def hist_plot(values: np.ndarray, title: str, xlabel: str, bins: int = 40) -> st
     """Histogram of real values (a uniform sample when the statistic had more values than its reservoir)."""
     fig, ax = _axes(title, xlabel)
     ax.hist(values, bins=bins, color="#3b6ea5")
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     return _png(fig)
 
 
-def count_plot(counts: Counter, title: str, xlabel: str, max_bars: int = 60) -> str:
+def count_plot(counts: Counter, title: str, xlabel: str, max_bars: int = 60, ylabel: str = "rows") -> str:
     """Bar chart of exact counts of integer values; binned into `max_bars` ranges when there are more values."""
-    fig, ax = _axes(title, xlabel)
+    fig, ax = _axes(title, xlabel, ylabel)
     xs = np.array(sorted(counts), np.float64)
     ys = np.array([counts[k] for k in sorted(counts)], np.float64)
     if len(xs) <= max_bars and (len(xs) < 2 or xs[-1] - xs[0] <= 2 * max_bars):
@@ -67,9 +68,8 @@ def count_plot(counts: Counter, title: str, xlabel: str, max_bars: int = 60) -> 
 
 
 def sizes_plot(sizes: np.ndarray, title: str) -> str:
-    fig, ax = _axes(title, "rows in the cluster", "clusters")
-    ax.hist(sizes, bins=min(40, max(1, len(np.unique(sizes)))), color="#3b6ea5")
-    return _png(fig)
+    """How many clusters have each size (exact)."""
+    return count_plot(Counter(sizes.tolist()), title, "rows in the cluster", ylabel="clusters")
 
 
 def top_plot(counts: Counter, title: str, k: int = 20) -> str:
