@@ -72,3 +72,25 @@ def test_word_diff_marks_removed_and_added_words_and_escapes():
     assert deleted == "<b>red</b> &amp;" and inserted == "red &"  # text as shown, after unescaping once
     assert "<b>" not in html and "&amp;amp;" in html
     assert word_diff("same words", "same words") == "same words"
+
+
+def test_report_of_an_output_whose_run_never_finished_a_shard(tmp_path):
+    """A manifest and nothing else (the first run failed before any shard was done): every section still renders."""
+    import json
+
+    from conftest import check_page
+    from djray.report import write_report
+
+    manifest = {"schema_version": 3, "djray_version": "x", "status": "incomplete", "config": {}, "models": {},
+                "rows_in": 0, "rows_kept": 0, "rows_rejected": 0, "rejected_by_reason": {}, "rejected_by_stage": {},
+                "selection": [], "accounting_ok": True, "shards_total": 2, "shards_done": 0, "error": "boom <b>",
+                "shards": [{"shard": "a.tar", "status": "pending"}, {"shard": "b.tar", "status": "pending"}],
+                "run": {"phases_s": {}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    html = open(write_report(str(tmp_path))).read()
+    page = check_page(html)
+    assert (tmp_path / "report.html").exists()
+    text = page.all_text
+    assert "no kept rows to show" in text and "no rejected rows" in text and "error: boom <b>" in text
+    assert "<b>" not in html.replace("<b>raw</b>", "")
+    assert page.within("td").count("pending") == 2
