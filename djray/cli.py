@@ -1,4 +1,4 @@
-"""The `djray` command line: run, validate, submit, sample-data, train, eval.
+"""The `djray` command line: run, validate, submit, inspect, sample-data, train, eval.
 
 Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
 1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="output dir, its checkpoints/ dir (latest) or one checkpoints/step_* dir")
 
+    p = sub.add_parser("inspect", help="print one row of an output: captions, evidence, kept patches, reject reason")
+    p.add_argument("output", help="a djray output directory (local or s3://)")
+    p.add_argument("--key", required=True, help="the row's key")
+    p.add_argument("--shard", default=None, help="look only in this input shard's file (faster on large outputs)")
+    p.add_argument("--endpoint-url", dest="endpoint_url", default=None, help="S3 endpoint (default: AWS's)")
+
     p = sub.add_parser("sample-data", help="write a deterministic synthetic image-text corpus")
     p.add_argument("out", help="output directory")
     p.add_argument("--num-samples", type=int, required=True)
@@ -73,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return train_command(args.config, args.overrides)
         return eval_command(args.config, args.checkpoint, args.overrides)
+    if args.command == "inspect":  # reads Parquet only: no Ray import
+        from djray.inspector import inspect_command
+
+        return inspect_command(args.output, args.key, args.shard, args.endpoint_url)
     from djray import pipeline
     from djray.config import ConfigError, load_config
 
