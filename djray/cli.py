@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="validate, then run (or resume) a governance job")
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output on the terminal (default: OUTPUT/_djray/logs/ray-*.log)")
 
     p = sub.add_parser("validate", help="every check `run` makes before reading data, and nothing else")
     _add_config_args(p)
@@ -102,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         from djray.runtime.manifest import format_summary
 
-        manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        if args.verbose:
+            manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        else:
+            manifest = _run_quietly(pipeline, cfg, not args.no_progress)
         print(format_summary(manifest))
         return EXIT_OK
     except ConfigError as e:
@@ -114,6 +119,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("djray: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _run_quietly(pipeline, cfg, progress: bool) -> dict:
+    """`pipeline.run` with Ray's output in a log file under the output (djray/runtime/quiet.py). Ray's error-level
+    lines, if any, are pointed at on the terminal; a failed job's message names the log."""
+    from djray.io.fs import Storage
+    from djray.runtime.quiet import ray_output_to_file
+
+    with ray_output_to_file() as capture:
+        try:
+            return pipeline.run(cfg, progress=progress, log=capture.say)
+        except pipeline.JobError as e:
+            failure = e
+        finally:
+            errors = capture.error_lines()
+            where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
+            if errors:
+                capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
+                            f"  full log: {where}")
+    raise pipeline.JobError(f"{failure}\n  Ray's log of this run: {where}") from None
 
 
 def _sample_data(args: argparse.Namespace) -> int:
