@@ -127,17 +127,24 @@ def _run_quietly(pipeline, cfg, progress: bool) -> dict:
     from djray.io.fs import Storage
     from djray.runtime.quiet import ray_output_to_file
 
+    from djray.config import ConfigError
+
+    failure = None
     with ray_output_to_file() as capture:
         try:
             return pipeline.run(cfg, progress=progress, log=capture.say)
+        except ConfigError:
+            capture.discard()  # reported before any work: the output stays untouched
+            raise
         except pipeline.JobError as e:
             failure = e
         finally:
-            errors = capture.error_lines()
-            where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
-            if errors:
-                capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
-                            f"  full log: {where}")
+            if not capture.discarded:
+                errors = capture.error_lines()
+                where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
+                if errors:
+                    capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
+                                f"  full log: {where}")
     raise pipeline.JobError(f"{failure}\n  Ray's log of this run: {where}") from None
 
 

@@ -40,6 +40,7 @@ class Capture:
     path: str  # the temporary file Ray's output goes to during the run
     terminal: TextIO  # the terminal (the original stderr)
     kept: bool = False  # moved under the output
+    discarded: bool = False  # deleted (a config error: nothing ran)
 
     def say(self, message: str) -> None:
         print(message, file=self.terminal, flush=True)
@@ -47,7 +48,7 @@ class Capture:
     def error_lines(self) -> list[str]:
         return error_lines(self.path)  # before `keep` (which may move the file to S3)
 
-    def keep(self, output_uri: str, storage: iofs.Storage) -> str | None:
+    def keep(self, output_uri: str, storage: iofs.Storage) -> str:
         """Copy the log to OUTPUT/_djray/logs/ when the run claimed that output; returns where it is now (else the
         temporary file's path, which is left in place). Idempotent."""
         if self.kept:
@@ -67,6 +68,11 @@ class Capture:
         os.unlink(self.path)
         self.path, self.kept = target, True
         return target if not iofs.is_s3(output_uri) else f"s3://{target}"
+
+    def discard(self) -> None:
+        self.discarded = True
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 def error_lines(path: str) -> list[str]:

@@ -96,3 +96,8 @@ def test_verbose_shows_rays_output_and_failures_stay_visible(ray_cluster, job):
     assert r.returncode == 1
     assert "djray: job failed: cannot reach the Ray cluster at 127.0.0.1:1" in r.stderr
     assert "Ray's log of this run:" in r.stderr
+    # a config error found before any work leaves the output untouched: no log is written into it
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = _djray("run", str(config), "--set", "decode.min_side=500", address=ray_cluster)
+    assert r.returncode == 2 and "other signals parameters" in r.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
