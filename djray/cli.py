@@ -1,4 +1,4 @@
-"""The `djray` command line: run, validate, submit, sample-data, train, eval, report.
+"""The `djray` command line: run, validate, submit, inspect, report, sample-data, train, eval.
 
 Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
 1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="validate, then run (or resume) a governance job")
     _add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output on the terminal (default: OUTPUT/_djray/logs/ray-*.log)")
 
     p = sub.add_parser("validate", help="every check `run` makes before reading data, and nothing else")
     _add_config_args(p)
@@ -55,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="output dir, its checkpoints/ dir (latest) or one checkpoints/step_* dir")
+
+    p = sub.add_parser("inspect", help="print one row of an output: captions, evidence, kept patches, reject reason")
+    p.add_argument("output", help="a djray output directory (local or s3://)")
+    p.add_argument("--key", required=True, help="the row's key")
+    p.add_argument("--shard", default=None, help="look only in this input shard's file (faster on large outputs)")
+    p.add_argument("--endpoint-url", dest="endpoint_url", default=None, help="S3 endpoint (default: AWS's)")
 
     p = sub.add_parser("sample-data", help="write a deterministic synthetic image-text corpus")
     p.add_argument("out", help="output directory")
@@ -86,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return train_command(args.config, args.overrides)
         return eval_command(args.config, args.checkpoint, args.overrides)
+    if args.command == "inspect":  # reads Parquet only: no Ray import
+        from djray.inspector import inspect_command
+
+        return inspect_command(args.output, args.key, args.shard, args.endpoint_url)
     from djray import pipeline
     from djray.config import ConfigError, load_config
 
@@ -105,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         from djray.runtime.manifest import format_summary
 
-        manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        if args.verbose:
+            manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        else:
+            manifest = _run_quietly(pipeline, cfg, not args.no_progress)
         print(format_summary(manifest))
         _report_after_run(cfg)
         return EXIT_OK
@@ -149,6 +164,33 @@ def _report_after_run(cfg) -> None:  # noqa: ANN001 (JobConfig; kept lazy like t
     from djray.report import write_report
 
     print(f"  report        {write_report(cfg.output.path, storage=Storage.of(cfg.storage))}")
+
+
+def _run_quietly(pipeline, cfg, progress: bool) -> dict:
+    """`pipeline.run` with Ray's output in a log file under the output (djray/runtime/quiet.py). Ray's error-level
+    lines, if any, are pointed at on the terminal; a failed job's message names the log."""
+    from djray.io.fs import Storage
+    from djray.runtime.quiet import ray_output_to_file
+
+    from djray.config import ConfigError
+
+    failure = None
+    with ray_output_to_file() as capture:
+        try:
+            return pipeline.run(cfg, progress=progress, log=capture.say)
+        except ConfigError:
+            capture.discard()  # reported before any work: the output stays untouched
+            raise
+        except pipeline.JobError as e:
+            failure = e
+        finally:
+            if not capture.discarded:
+                errors = capture.error_lines()
+                where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
+                if errors:
+                    capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
+                                f"  full log: {where}")
+    raise pipeline.JobError(f"{failure}\n  Ray's log of this run: {where}") from None
 
 
 def _sample_data(args: argparse.Namespace) -> int:
