@@ -6,12 +6,14 @@ import sys
 import time
 from typing import TextIO
 
+STREAM: TextIO | None = None  # where progress goes when no stream is given (None: sys.stderr); runtime/quiet.py
+
 
 class Progress:
     def __init__(self, phase: str, total: int, unit: str = "shards", *, enabled: bool = True,
                  stream: TextIO | None = None, interval: float | None = None):
         self.phase, self.total, self.unit = phase, total, unit
-        self.stream = stream or sys.stderr
+        self.stream = stream or STREAM or sys.stderr
         self.enabled = enabled
         self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)

@@ -1,0 +1,31 @@
+"""A small governed output with every kind of column, for the tests that read it (interop, inspect): vision with a
+random class head (ε = 0 so evidence is never empty), the `concat` text branch, a `random` sieve, and three rows the
+decode stage rejects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import djray
+from corpus import image_bytes, sample_members, write_tar
+from djray.sample_data import write_sample_corpus
+
+VISION = {"model": "test_vit", "weights": "random", "image_size": 64, "ratio": 0.5, "batch_size": 8,
+          "precision": "fp32", "head": {"kind": "dino_linear", "weights": "random", "threshold": 0.0, "top_k": 2}}
+BAD = {"x1corrupt": "corrupt_image", "x2nocap": "empty_caption", "x3tiny": "image_too_small"}
+
+
+def governed_output(root: Path) -> tuple[Path, djray.Manifest]:
+    """Run the job into root/out (corpus in root/corpus): 24 good samples in 2 shards + a shard with 3 bad rows."""
+    corpus = root / "corpus"
+    write_sample_corpus(str(corpus), 24, 2, "webdataset", seed=13)
+    write_tar(corpus / "00002.tar",
+              sample_members("x0good", "A red rectangle.", image=image_bytes((300, 200), color=(10, 120, 200)))
+              + sample_members("x1corrupt", "a broken file", image=b"definitely not an image")
+              + sample_members("x2nocap", "   ", image=image_bytes((120, 90)))
+              + sample_members("x3tiny", "a tiny image", image=image_bytes((16, 16))))
+    manifest = djray.run({"input": {"path": str(corpus), "format": "webdataset"}, "output": {"path": str(root / "out")},
+                          "vision": VISION, "text": {"mode": "concat"},
+                          "sieve": [{"op": "random", "keep_fraction": 0.75, "seed": 1}]},
+                         progress=False, log=lambda m: None)
+    return root / "out", manifest
