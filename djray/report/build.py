@@ -8,6 +8,7 @@ from typing import Any
 
 from djray import schema as S
 from djray.io import fs as iofs
+from djray.geometry import DEFAULT_MAX_PIXELS
 from djray.report import pictures as P
 from djray.report import render as R
 from djray.report.samples import kept_samples, reject_examples
@@ -150,11 +151,17 @@ def _evidence(st: Stats) -> str:
             f'{R.table(["class", "images"], [list(kv) for kv in top], {1})}</div>')
 
 
-def _picture(row: dict[str, Any]) -> str | None:
+def _max_pixels(out: Output) -> int:
+    """The run's decode limit (the geometry record's, recorded in the manifest's config): no larger image is shown."""
+    decode = (out.manifest.get("config") or {}).get("decode") or {}
+    return int(decode.get("max_pixels") or DEFAULT_MAX_PIXELS)
+
+
+def _picture(row: dict[str, Any], max_pixels: int) -> str | None:
     image = row.get(S.IMAGE)
     if image and row.get(S.PATCH_IDX) is not None and row.get(S.GRID_H) and row.get(S.PATCH_SIZE):
-        return P.masked_crop(image, row[S.PATCH_SIZE], row[S.GRID_H], row[S.GRID_W], row[S.PATCH_IDX])
-    return P.thumbnail(image)
+        return P.masked_crop(image, row[S.PATCH_SIZE], row[S.GRID_H], row[S.GRID_W], row[S.PATCH_IDX], max_pixels)
+    return P.thumbnail(image, max_pixels)
 
 
 def _samples(out: Output, n: int) -> str:
@@ -164,15 +171,15 @@ def _samples(out: Output, n: int) -> str:
     note = ("Left: the canonical crop the scorer saw; greyed patches are the ones governance dropped. "
             if out.has("data", S.PATCH_IDX) else "No vision columns: the original image. ")
     note += "Caption: words removed in red, added in green."
-    cards = "".join(R.sample_card(r, _picture(r)) for r in rows)
+    cards = "".join(R.sample_card(r, _picture(r, _max_pixels(out))) for r in rows)
     return f'<p class="meta">{R.escape(note)}</p><div class="cards">{cards}</div>'
 
 
 def _rejects(out: Output, per_reason: int) -> str:
     blocks = []
     for ex in reject_examples(out, per_reason):
-        pics = [P.thumbnail(r.get(S.IMAGE)) for r in ex.rows]
-        twins = [P.thumbnail(t[1].get(S.IMAGE)) if t else None for t in ex.twins]
+        pics = [P.thumbnail(r.get(S.IMAGE), _max_pixels(out)) for r in ex.rows]
+        twins = [P.thumbnail(t[1].get(S.IMAGE), _max_pixels(out)) if t else None for t in ex.twins]
         blocks.append(R.reject_block(ex, pics, twins))
     return "".join(blocks) if blocks else R.muted("no rejected rows")
 

@@ -15,9 +15,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from djray.geometry import ImageRejected, canonical_crop, open_image  # noqa: E402
+from djray.geometry import DEFAULT_MAX_PIXELS, ImageRejected, canonical_crop, open_image  # noqa: E402
 
-MAX_PIXELS = 89_478_485  # decode limit for report thumbnails (djray's default decode.max_pixels)
 THUMB = 224  # px: side of a thumbnail in the page
 GREY = np.array([128, 128, 128], np.float32)
 
@@ -102,10 +101,11 @@ def _jpeg(arr: np.ndarray) -> str:
     return data_uri(buf.getvalue(), "image/jpeg")
 
 
-def masked_crop(image: bytes, patch_size: int, grid_h: int, grid_w: int, kept: list[int]) -> str | None:
+def masked_crop(image: bytes, patch_size: int, grid_h: int, grid_w: int, kept: list[int],
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """The canonical crop (what the scorer saw) with every patch not in `kept` blended to grey and a thin grid."""
     try:
-        crop = canonical_crop(open_image(image, MAX_PIXELS), patch_size * grid_h).astype(np.float32)
+        crop = canonical_crop(open_image(image, max_pixels), patch_size * grid_h).astype(np.float32)
     except ImageRejected:
         return None
     keep = np.zeros(grid_h * grid_w, bool)
@@ -117,12 +117,12 @@ def masked_crop(image: bytes, patch_size: int, grid_h: int, grid_w: int, kept: l
     return _jpeg(crop.clip(0, 255).astype(np.uint8))
 
 
-def thumbnail(image: bytes | None) -> str | None:
+def thumbnail(image: bytes | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """The image (display orientation) fitted into THUMB×THUMB, or None when it cannot be decoded."""
     if not image:
         return None
     try:
-        img = open_image(image, MAX_PIXELS)
+        img = open_image(image, max_pixels)
     except ImageRejected:
         return None
     img.thumbnail((THUMB, THUMB))
