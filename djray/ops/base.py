@@ -40,16 +40,6 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def check_templates(templates: tuple[str, ...]) -> tuple[str, ...]:
-    """Prompt templates for label prompts: at least one, each with exactly one `{}` placeholder for the label."""
-    if not templates:
-        raise ValueError("at least one prompt template is needed")
-    for t in templates:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain exactly one '{{}}' placeholder for the label")
-    return templates
-
-
 @dataclass(frozen=True)
 class Resources:
     num_cpus: float = 1.0

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from djray.config import ConfigError, NonEmptyStr, Section, StorageConfig, read_yaml, validate_config
-from djray.ops.base import check_templates
+from djray.labels import check_templates
 from djray.train.archs import ARCHS, ClipArch
 
 # DeepSpeed keys djray derives itself; setting them in deepspeed.config would silently disagree with train.*.

@@ -6,7 +6,7 @@
                     [CLS] and mean patch token of the last block INTERLEAVED [cls0, avg0, cls1, avg1, …] (2·D, DINO's
                     ViT-B protocol, exactly as eval_linear.py builds it) — picked from the weight shape.
                     Checkpoint: ``{"state_dict": {"module.linear.weight", "module.linear.bias"}}`` or bare.
-                    Labels: ImageNet-1k (first WordNet lemma per synset, ``djray/data/imagenet1k_labels.txt``).
+                    Labels: ImageNet-1k (first WordNet lemma per synset, ``djray/data/imagenet1k_labels.txt``, read by djray.labels).
 * ``clip_zeroshot`` an open_clip image tower on the canonical crop (CLIP mean/std, resized to the tower's input size
                     if it differs); text embeddings of label × templates averaged per label once in setup;
                     logits = 100 · cos.
@@ -17,31 +17,18 @@ Probabilities: softmax (default; at most one class can exceed 0.5, so ε = 0.7 y
 from __future__ import annotations
 
 import os
-from importlib import resources as ilr
 from typing import Any
 
 import numpy as np
 
 from djray._compat import patch_torchvision
+from djray.labels import read_labels
 from djray.models import weights as W
 from djray.ops.vision.params import HeadParams
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_LOGIT_SCALE = 100.0
-
-
-def read_labels(path: str | None) -> list[str]:
-    """One label per line (blank lines ignored); None → the packaged ImageNet-1k names in index order."""
-    if path is None:
-        text = ilr.files("djray").joinpath("data", "imagenet1k_labels.txt").read_text(encoding="utf-8")
-    else:
-        with open(os.path.expanduser(path), encoding="utf-8") as f:
-            text = f.read()
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise ValueError(f"vision.head.labels: no labels in {path}")
-    return labels
 
 
 def probabilities(logits: np.ndarray, mode: str) -> np.ndarray:

@@ -9,7 +9,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from djray.models import weights as W
-from djray.ops.base import RUNTIME, Params, check_templates
+from djray.labels import check_templates
+from djray.ops.base import RUNTIME, Params
 
 AGGREGATION_RE = re.compile(r"^(mean_prob|mean_logit|max_prob|head:\d+)$")
 DEFAULT_TEMPLATES = (

@@ -13,7 +13,8 @@ import pytest
 
 from djray import schema as S
 from djray._compat import patch_torchvision
-from djray.ops.vision.class_head import probabilities, read_labels, top_classes
+from djray.labels import read_labels
+from djray.ops.vision.class_head import probabilities, top_classes
 from djray.ops.vision.dino_patch import DinoPatchScorer
 from djray.ops.vision.params import VisionParams
 
