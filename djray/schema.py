@@ -166,6 +166,7 @@ PUBLISHED_FIELDS: dict[str, pa.DataType] = {
     **{f"{op}_nearest": NEAREST_TYPE for op in ("semdedup", "d4")},
     VAS: pa.float32(),
     GAIN: pa.float32(),
+    "gain_raw": pa.float32(),
     "d2_score": pa.float32(),
     "tldr_cluster_id": pa.int32(),
 }

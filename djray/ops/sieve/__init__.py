@@ -20,6 +20,7 @@ from djray.ops.sieve.cluster import ClusterParams, ClusterSieve
 from djray.ops.sieve.d2pruning import D2PruningParams, D2PruningSieve
 from djray.ops.sieve.d4 import D4Params, D4ProtoGlobal, D4ProtoPerCluster
 from djray.ops.sieve.exact_dedup import ExactDedup
+from djray.ops.sieve.infogrowth import InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm, InfoGrowthParams
 from djray.ops.sieve.key_dedup import KeyDedup
 from djray.ops.sieve.random import RandomSieve
 from djray.ops.sieve.semdedup import SemDedupCut, SemDedupParams, SemDedupScan
@@ -28,10 +29,10 @@ from djray.ops.sieve.vas import VasParams, VasSieve
 # what a config may name (op → parameters), and the sieve class of every runtime step (by its parameters' type)
 _USER: tuple[type[SieveParams], ...] = (KeyDedup.Params, ExactDedup.Params, RandomSieve.Params, ClipScoreParams,
                                         ClusterParams, SemDedupParams, D4Params, VasParams,
-                                        D2PruningParams)
+                                        D2PruningParams, InfoGrowthParams)
 _STEPS: tuple[type[Sieve], ...] = (KeyDedup, ExactDedup, RandomSieve, ClipScoreSieve, ClusterSieve, SemDedupScan,
                                    SemDedupCut, D4ProtoGlobal, D4ProtoPerCluster, VasSieve,
-                                   D2PruningSieve)
+                                   D2PruningSieve, InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm)
 SIEVES: dict[str, type[SieveParams]] = {p.model_fields["op"].default: p for p in _USER}
 _BY_PARAMS: dict[type[SieveParams], type[Sieve]] = {cls.Params: cls for cls in _STEPS}
 
