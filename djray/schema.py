@@ -169,6 +169,7 @@ PUBLISHED_FIELDS: dict[str, pa.DataType] = {
     "gain_raw": pa.float32(),
     "d2_score": pa.float32(),
     "tldr_cluster_id": pa.int32(),
+    "tldr_itm": pa.bool_(),
 }
 
 # Columns every row carries between stages (source columns + bookkeeping), before any governance op adds its own.

@@ -24,15 +24,17 @@ from djray.ops.sieve.infogrowth import InfoGrowthClean, InfoGrowthGain, InfoGrow
 from djray.ops.sieve.key_dedup import KeyDedup
 from djray.ops.sieve.random import RandomSieve
 from djray.ops.sieve.semdedup import SemDedupCut, SemDedupParams, SemDedupScan
+from djray.ops.sieve.tldr import TldrItm, TldrParams, TldrStride
 from djray.ops.sieve.vas import VasParams, VasSieve
 
 # what a config may name (op → parameters), and the sieve class of every runtime step (by its parameters' type)
 _USER: tuple[type[SieveParams], ...] = (KeyDedup.Params, ExactDedup.Params, RandomSieve.Params, ClipScoreParams,
                                         ClusterParams, SemDedupParams, D4Params, VasParams,
-                                        D2PruningParams, InfoGrowthParams)
+                                        D2PruningParams, InfoGrowthParams, TldrParams)
 _STEPS: tuple[type[Sieve], ...] = (KeyDedup, ExactDedup, RandomSieve, ClipScoreSieve, ClusterSieve, SemDedupScan,
                                    SemDedupCut, D4ProtoGlobal, D4ProtoPerCluster, VasSieve,
-                                   D2PruningSieve, InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm)
+                                   D2PruningSieve, InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm,
+                                   TldrItm, TldrStride)
 SIEVES: dict[str, type[SieveParams]] = {p.model_fields["op"].default: p for p in _USER}
 _BY_PARAMS: dict[type[SieveParams], type[Sieve]] = {cls.Params: cls for cls in _STEPS}
 

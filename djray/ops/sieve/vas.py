@@ -88,6 +88,25 @@ def vas_scores(x: np.ndarray, s: np.ndarray) -> np.ndarray:
     return out
 
 
+def clip_top(row_id: np.ndarray, clip: np.ndarray, key: pa.ChunkedArray, n: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """The exact top n by (clip_score desc, key asc): (their positions, cut-off c, sorted row ids of the kept rows
+    tied at c). A row is in the top iff score > c, or score == c and its row id is in the tie list."""
+    order = pc.sort_indices(pa.table({"s": clip, "k": key}),
+                            sort_keys=[("s", "descending"), ("k", "ascending")]).to_numpy()
+    top = order[:n]
+    if n >= len(clip):
+        return top, -math.inf, np.zeros(0, np.int64)
+    if n <= 0:
+        return top, math.inf, np.zeros(0, np.int64)
+    cut = float(clip[top[-1]])
+    return top, cut, np.sort(row_id[top[clip[top] == np.float32(cut)]])
+
+
+def in_top(rows: pa.Table, clip: np.ndarray, cut: float, ties: np.ndarray) -> np.ndarray:
+    tied = (clip == np.float32(cut)) & np.isin(rows.column(ROW_ID).to_numpy(), ties)
+    return (clip > cut) | tied
+
+
 def write_reference(path: str, embeddings: np.ndarray, model: str) -> None:
     """A reference set for `target: {kind: reference}`: one `clip_image_embedding` per row, the model in metadata."""
     emb = pa.array(list(np.asarray(embeddings, np.float32)), pa.list_(pa.float32()))
@@ -151,15 +170,7 @@ class VasSieve(RankSieve):
         clip = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         key = pa.chunked_array(keys, pa.string()) if keys else pa.chunked_array([], pa.string())
         n_clip, n_vas = ref_count(self.params.clip_fraction, n), ref_count(self.params.vas_fraction, n)
-        order = pc.sort_indices(pa.table({"s": clip, "k": key}),
-                                sort_keys=[("s", "descending"), ("k", "ascending")]).to_numpy()
-        top = order[:n_clip]
-        if n_clip < n and n_clip > 0:
-            self.clip_cut = float(clip[top[-1]])
-            tied = top[clip[top] == np.float32(self.clip_cut)]
-            self.clip_ties = np.sort(row_id[tied])
-        elif n_clip == 0:
-            self.clip_cut = math.inf
+        top, self.clip_cut, self.clip_ties = clip_top(row_id, clip, key, n_clip)
         self.info = {"pool": n, "n_clip": n_clip, "n_vas": n_vas,
                      "clip_cutoff": None if math.isinf(self.clip_cut) else self.clip_cut}
         if not pool:
@@ -210,9 +221,7 @@ class VasSieve(RankSieve):
         return np.asarray(pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy(), dtype=np.float32)
 
     def _in_clip(self, rows: pa.Table) -> np.ndarray:
-        c = self._clip(rows)
-        tied = (c == np.float32(self.clip_cut)) & np.isin(rows.column(ROW_ID).to_numpy(), self.clip_ties)
-        return (c > self.clip_cut) | tied
+        return in_top(rows, self._clip(rows), self.clip_cut, self.clip_ties)
 
     def _vas(self, rows: pa.Table) -> np.ndarray:
         return vas_scores(K.unit_rows(rows, S.CLIP_IMAGE_EMBEDDING), self.s) if rows.num_rows else np.zeros(0)
