@@ -224,7 +224,12 @@ class VasSieve(RankSieve):
         return in_top(rows, self._clip(rows), self.clip_cut, self.clip_ties)
 
     def _vas(self, rows: pa.Table) -> np.ndarray:
-        return vas_scores(K.unit_rows(rows, S.CLIP_IMAGE_EMBEDDING), self.s) if rows.num_rows else np.zeros(0)
+        """f S f of the rows (memoised: score, drop_details and publish see the same table in turn)."""
+        memo = getattr(self, "_memo", None)
+        if memo is None or memo[0] is not rows:
+            v = vas_scores(K.unit_rows(rows, S.CLIP_IMAGE_EMBEDDING), self.s) if rows.num_rows else np.zeros(0)
+            memo = self._memo = (rows, v)
+        return memo[1]
 
     def score(self, rows: pa.Table) -> np.ndarray:
         if isinstance(self.params.target, PoolTarget):
@@ -258,7 +263,9 @@ class VasSieve(RankSieve):
         return out
 
     def publish(self, rows: pa.Table, score: np.ndarray) -> dict[str, pa.Array]:
-        return {S.VAS: pa.array(self._vas(rows).astype(np.float32))}
+        v = self._vas(rows)
+        self._memo = None  # publish is the last call on a table
+        return {S.VAS: pa.array(v.astype(np.float32))}
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
