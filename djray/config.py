@@ -147,6 +147,9 @@ class JobConfig(Section):
                     column = "vis_embedding" if section == "vision" else "clip_image_embedding"
                     raise ConfigError(f"sieve.{i}.{s.op}.embedding: {s.embedding} reads {column}, which needs a "
                                       f"`{section}:` section")
+            if s.op in ("d2pruning", "infogrowth", "tldr") and s.embedding == "dino" and self.vision is None:
+                raise ConfigError(f"sieve.{i}.{s.op}.embedding: dino reads vis_embedding, which needs a `vision:` "
+                                  "section")
             if s.op in CLIP_SIEVES and self.clip is None:
                 raise ConfigError(f"sieve.{i}.{s.op}: reads clip_score, which needs a `clip:` section")
             if s.op == "vas" and s.target.kind == "reference" and s.target.model != self.clip.model:

@@ -84,3 +84,20 @@ def test_ivfpq_above_flat_max_rows_is_labelled_and_keeps_the_budget(pool):
 def test_pool_above_max_rows_per_group_is_refused(pool):
     with pytest.raises(ValueError, match="5,000 rows exceed max_rows_per_group 4,999; use partition: cluster"):
         run_sieves([D2PruningParams(keep_fraction=0.3, max_rows_per_group=4999)], pool)
+
+
+def test_config_needs_the_sections_the_new_sieves_read():
+    from djray.config import ConfigError, parse_config
+
+    base = {"input": {"path": "/x", "format": "webdataset"}, "output": {"path": "/o"}}
+    sieves = [{"op": "tldr"}, {"op": "d2pruning", "keep_fraction": 0.5},
+              {"op": "infogrowth", "align_quantile": 0.1}, {"op": "vas", "target": {"kind": "pool"}}]
+    cfg = parse_config({**base, "clip": {"weights": "random"}, "sieve": sieves})
+    assert cfg.stages()[3:-1] == ["sieve:key_dedup", "sieve:tldr", "sieve:d2pruning", "sieve:infogrowth", "sieve:vas"]
+    published = [c for p in cfg.steps() for c in build_sieve(p).writes]
+    assert published == ["tldr_itm", "tldr_cluster_id", "d2_score", "gain_raw", "gain", "vas"]
+    assert all(c in S.PUBLISHED_FIELDS for c in published)
+    with pytest.raises(ConfigError, match=r"sieve\.0\.d2pruning: reads clip_score, which needs a `clip:` section"):
+        parse_config({**base, "sieve": [sieves[1]]})
+    with pytest.raises(ConfigError, match=r"sieve\.0\.tldr\.embedding: dino reads vis_embedding"):
+        parse_config({**base, "clip": {"weights": "random"}, "sieve": [{"op": "tldr", "embedding": "dino"}]})
