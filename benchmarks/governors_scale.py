@@ -8,6 +8,7 @@ details, published columns) — the work one phase-B task does; the runtime arou
 
     python benchmarks/governors_scale.py [--vas 100000,300000] [--vasd 100000] [--gain 10000,30000]
                                          [--recall 10000] [--d2 20000,50000] [--d2-part 200000]
+                                         [--vas-runtime 1000000]   # VAS fixed S through the Ray runtime
 """
 
 from __future__ import annotations
@@ -108,6 +109,56 @@ def _agreement(table: pa.Table, got: np.ndarray, params) -> float:
     return float((np.abs(got - ref) < 1e-4).mean())
 
 
+def vas_runtime(rows: int, d: int, cpus: int) -> str:
+    """VAS with a fixed S through the phase-B runtime (a local Ray instance, shards of 10,000 rows): the scan for
+    the CLIP cut, the map tasks scoring f S f, the exact top-n gather, the decision files."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+    import ray
+    from sieve_scale import PeakRss
+    from synthetic_signals import selection_context
+
+    from djray.ops.sieve import expand_steps
+    from djray.ops.sieve.vas import VasParams, write_reference
+    from djray.runtime.layout import Layout
+    from djray.runtime.select import run_selection
+
+    root = tempfile.mkdtemp(prefix="vas-runtime-")
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((200, d), np.float32)
+    names = [f"shard-{i:05d}.tar" for i in range((rows + 9999) // 10000)]
+    for i, name in enumerate(names):
+        n = min(10000, rows - i * 10000)
+        x = centres[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, d), np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        path = Layout(root).signals(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(pa.table({
+            S.KEY: [f"{i * 10000 + j:010d}" for j in range(n)], S.SRC_SHARD: [name] * n,
+            S.SRC_INDEX: np.arange(n, dtype=np.int64), S.STAGE: pa.nulls(n, pa.string()),
+            S.REASON: pa.nulls(n, pa.string()), S.DETAIL: pa.nulls(n, pa.string()),
+            S.CLIP_IMAGE_EMBEDDING: _list_column(x),
+            S.CLIP_SCORE: pa.array(np.round(rng.random(n) * 0.4, 4).astype(np.float32))}), path)
+    ref = os.path.join(root, "reference.parquet")
+    write_reference(ref, rng.standard_normal((50_000, d)), "ViT-L-14")
+    steps = expand_steps([VasParams(clip_fraction=0.3, vas_fraction=0.2,
+                                    target={"kind": "reference", "path": ref, "model": "ViT-L-14"})])
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+    try:
+        with PeakRss() as peak:
+            t0 = time.perf_counter()
+            records = run_selection(selection_context(root, names, steps), steps, lambda: rows,
+                                    lambda: {S.CLIP_IMAGE_EMBEDDING: 4.0 * d, S.CLIP_SCORE: 4.0}, cpus)
+            wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    return (f"BENCH name=vas_fixed_s_runtime rows={rows} wall_s={wall:.2f} peak_rss_mb={peak.worker >> 20} "
+            f"driver_rss_mb={peak.driver >> 20} dim={d} cpus={cpus} kept={records[0]['kept']}")
+
+
 def measure(kind: str, n: int, d: int) -> tuple[float, int, dict]:
     q = mp.get_context("fork").Queue()
     p = mp.get_context("fork").Process(target=_child, args=(kind, n, d, q))
@@ -128,7 +179,11 @@ def main() -> int:
     ap.add_argument("--d2", default="20000,50000")
     ap.add_argument("--d2-part", default="200000")
     ap.add_argument("--d2-dim", type=int, default=512)
+    ap.add_argument("--vas-runtime", default="", help="sizes for VAS (fixed S) through the Ray runtime")
+    ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
+    for n in [int(s) for s in args.vas_runtime.split(",") if s]:
+        print(vas_runtime(n, args.vas_dim, args.cpus), flush=True)
     plan = [("vas", args.vas, args.vas_dim), ("vasd", args.vasd, args.vas_dim), ("gain", args.gain, args.gain_dim),
             ("recall", args.recall, args.gain_dim), ("d2", args.d2, args.d2_dim), ("d2_part", args.d2_part, args.d2_dim)]
     names = {"vas": "vas_fixed_s", "vasd": "vas_d_100it", "gain": "infogrowth_gain", "recall": "infogrowth_recall",
