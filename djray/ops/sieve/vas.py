@@ -143,6 +143,7 @@ class VasSieve(RankSieve):
         super().__init__(params)
         self.params: VasParams = params
         self.s: np.ndarray | None = None  # the S decisions and `vas` use
+        self.s_after: np.ndarray | None = None  # VAS-D: S of the final kept set (the last downdate's result)
         self.clip_cut = -math.inf  # keep clip_score > cut, plus the tied rows in clip_ties (row ids, sorted)
         self.clip_ties = np.zeros(0, np.int64)
         self.kept = np.zeros(0, np.int64)  # VAS-D: row ids kept (sorted); dropped survivors: the iteration
@@ -210,7 +211,7 @@ class VasSieve(RankSieve):
                 s = t_sum / stay.size if stay.size else np.zeros_like(t_sum)
             kept = stay
         self.s = used
-        self.s_after = s  # S of the final kept set (the downdate's last result)
+        self.s_after = s
         self.kept = np.sort(ids[kept])
         self.survivors, self.dropped_at = ids, dropped_at
         self.info.update(target="pool", iterations=iters, chunk=chunk, n_survivors=n0)
