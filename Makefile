@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
 DEMO_SAMPLES ?= 400
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean browser
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,15 @@ demo: install
 	$(VENV)/bin/djray sample-data data/demo --num-samples $(DEMO_SAMPLES) --shards 4 --format webdataset
 	$(VENV)/bin/djray run configs/demo.yaml --set output.mode=overwrite
 
-test: install
+# The report's browser test renders the page in Debian's headless chromium: installed here when running as root (as CI
+# does); elsewhere the test is skipped with a message saying how to enable it.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: chromium is not installed (apt-get install -y chromium as root): the report's browser test will be skipped"; fi
+
+test: install browser
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
 
 test-fast: install

@@ -101,10 +101,11 @@ def run_stage(corpus: Path, out: Path, cpus: int, vision: dict, clip: dict | Non
         raw["clip"] = {**CLIP, "resources": clip}
     t0 = time.perf_counter()
     m = pipeline.run(parse_config(raw), progress=False, log=lambda s: None)
-    return {"wall_s": time.perf_counter() - t0, "stream_s": m["phases"]["stream_s"], "rows": m["rows_in"]}
+    return {"wall_s": time.perf_counter() - t0, "stream_s": m["run"]["phases_s"]["stream_s"], "rows": m["rows_in"]}
 
 
 def run_e2e(corpus: Path, work: Path, cpus: int) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
     cfg = work / "clip_score.yaml"
     cfg.write_text(json.dumps({
         "input": {"path": str(corpus), "format": "webdataset", "rows_per_block": BATCH},

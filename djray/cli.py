@@ -1,4 +1,4 @@
-"""The `djray` command line: run, validate, submit, sample-data, train, eval.
+"""The `djray` command line: run, validate, submit, sample-data, train, eval, report.
 
 Exit codes: 0 the job completed (rejected rows are not failures); 2 configuration error, reported before any work;
 1 the job failed (infrastructure, a failed task) — re-running the same command resumes it.
@@ -62,11 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--format", choices=["webdataset", "parquet"], required=True)
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("report", help="write one offline HTML page about a governed output (docs/report.md)",
+                       description="Totals, rejects, the selection funnel, signal histograms, sample images with "
+                                   "dropped patches greyed out, caption diffs, reject examples and models of OUTPUT, "
+                                   "in one self-contained HTML file. Reads only column statistics and a few images.")
+    p.add_argument("output", help="a djray output directory (local path or s3://bucket/prefix)")
+    p.add_argument("--html", default=None, metavar="PATH", help="where to write it (default OUTPUT/report.html)")
+    p.add_argument("--samples", type=int, default=16, metavar="N", help="kept sample images shown (default 16)")
+    p.add_argument("--stat-files", type=int, default=None, metavar="K",
+                   help="histograms from K signals/data files spread evenly over the output (default: all files)")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: the standard AWS variables)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     if args.command in ("train", "eval"):  # lazy: no pipeline, torch or DeepSpeed import for the other commands
         from djray.train.run import eval_command, train_command
 
@@ -94,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         manifest = pipeline.run(cfg, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
         print(format_summary(manifest))
+        _report_after_run(cfg)
         return EXIT_OK
     except ConfigError as e:
         print(f"djray: {e}", file=sys.stderr)
@@ -104,6 +118,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("djray: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _report(args: argparse.Namespace) -> int:
+    from djray.io.fs import Storage
+    from djray.report import ReportError, write_report
+
+    if args.samples < 0 or (args.stat_files is not None and args.stat_files < 1):
+        print("djray: report: --samples must be at least 0 and --stat-files at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        path = write_report(args.output, args.html, args.samples, storage=Storage(endpoint_url=args.endpoint_url),
+                            stat_files=args.stat_files)
+    except (ReportError, FileNotFoundError, ValueError) as e:
+        print(f"djray: report: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _report_after_run(cfg) -> None:  # noqa: ANN001 (JobConfig; kept lazy like the rest of main)
+    """`report: true` writes OUTPUT/report.html; otherwise say how to get one."""
+    import shlex
+
+    from djray.io.fs import Storage
+
+    if not cfg.report:
+        print(f"  report        djray report {shlex.quote(cfg.output.path)}")
+        return
+    from djray.report import write_report
+
+    print(f"  report        {write_report(cfg.output.path, storage=Storage.of(cfg.storage))}")
 
 
 def _sample_data(args: argparse.Namespace) -> int:

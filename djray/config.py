@@ -123,6 +123,8 @@ class JobConfig(Section):
     signals: SignalsConfig = SignalsConfig()
     sieve: list[SieveSpec] = Field(default_factory=list, description="sample-level governors, in order")
     text: TextParams | None = None
+    report: bool = Field(False, json_schema_extra=RUNTIME,
+                         description="write OUTPUT/report.html at the end of `djray run` (docs/report.md)")
 
     @field_validator("sieve")
     @classmethod

@@ -13,7 +13,6 @@ runs another k-means).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -62,7 +61,7 @@ def water_fill(sizes: dict[int, int], n: int) -> dict[int, int]:
     return {c: int(q) for c, q in zip(ids, quota)}
 
 
-class ClusterSieve(GroupSieve):
+class ClusterSieve(K.KMeansFit, GroupSieve):
     name: ClassVar[str] = "cluster"
     Params: ClassVar[type[ClusterStepParams]] = ClusterStepParams
     reason: ClassVar[str] = S.Reason.CLUSTER_QUOTA
@@ -74,18 +73,11 @@ class ClusterSieve(GroupSieve):
         self.params: ClusterStepParams = params
         self.reads = (params.column,)
         self.writes = K.cluster_columns(params.prefix)
-        self.centroids: np.ndarray | None = None
         self.quota: dict[int, int] = {}
         self.budget: int | None = None
 
-    def sample_size(self, pool: int) -> int:
-        return self.params.training_rows(pool)
-
-    def fit(self, rows: Iterable[pa.Table]) -> None:
-        self.centroids = K.fit_centroids(rows, self.params)
-
     def group(self, rows: pa.Table) -> np.ndarray:
-        return K.assign(K.unit_rows(rows, self.params.column), self.centroids)[0]
+        return self.assign_rows(rows)[0]
 
     def plan(self, sizes: dict[int, int]) -> None:
         self.budget = keep_count(self.params.keep_fraction, sum(sizes.values()))

@@ -15,7 +15,6 @@ Runs as three steps (stage `sieve:d4`): the SemDeDup scan and cut (`semdedup.py`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -71,25 +70,15 @@ class ProtoClusterParams(ProtoParams):
     ranking: Literal["per_cluster"] = "per_cluster"
 
 
-class _Proto:
+class _Proto(K.KMeansFit):
     """What both prune variants share: the fresh k-means and the published columns."""
 
     params: ProtoParams
-    centroids: np.ndarray | None
 
     def _setup(self, params: ProtoParams) -> None:
         self.reads = (params.column,)
         self.writes = K.cluster_columns(params.prefix)
         self.centroids = None
-
-    def sample_size(self, pool: int) -> int:
-        return self.params.training_rows(pool)
-
-    def fit(self, rows: Iterable[pa.Table]) -> None:
-        self.centroids = K.fit_centroids(rows, self.params)
-
-    def _assign(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        return K.assign(K.unit_rows(rows, self.params.column), self.centroids)
 
     def describe(self) -> dict[str, Any]:
         return {"clusters": None if self.centroids is None else int(len(self.centroids)),
@@ -109,7 +98,7 @@ class D4ProtoGlobal(_Proto, RankSieve):
 
     def _assigned(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         if self._memo is None or self._memo[0] is not rows:  # score() then publish() on the same rows
-            self._memo = (rows, *self._assign(rows))
+            self._memo = (rows, *self.assign_rows(rows))
         return self._memo[1], self._memo[2]
 
     def score(self, rows: pa.Table) -> np.ndarray:
@@ -155,7 +144,7 @@ class D4ProtoPerCluster(_Proto, GroupSieve):
         self.quota: dict[int, int] = {}
 
     def group(self, rows: pa.Table) -> np.ndarray:
-        return self._assign(rows)[0]
+        return self.assign_rows(rows)[0]
 
     def plan(self, sizes: dict[int, int]) -> None:
         self.quota = largest_remainder(sizes, keep_count(self.params.fraction, sum(sizes.values())))

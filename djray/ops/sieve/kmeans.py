@@ -82,6 +82,22 @@ def train(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
     return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
+class KMeansFit:
+    """What every k-means sieve shares: a seeded training sample, the centroids fitted on it, the assignment."""
+
+    params: KMeansFields
+    centroids: np.ndarray | None = None
+
+    def sample_size(self, pool: int) -> int:
+        return self.params.training_rows(pool)
+
+    def fit(self, rows: Iterable[pa.Table]) -> None:
+        self.centroids = fit_centroids(rows, self.params)
+
+    def assign_rows(self, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        return assign(unit_rows(rows, self.params.column), self.centroids)
+
+
 def fit_centroids(rows: Iterable[pa.Table], p: KMeansFields) -> np.ndarray:
     """A sieve's `fit`: the centroids of its (sampled) rows; none for an empty pool."""
     table = pa.concat_tables(list(rows))

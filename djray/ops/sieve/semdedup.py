@@ -19,7 +19,6 @@ A dropped row's detail names the earlier row it duplicates: "near-duplicate of k
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -124,7 +123,7 @@ def sort_order(cos: np.ndarray, keys: list[str], keep: str, seed: int) -> np.nda
     return pc.sort_indices(table, sort_keys=[("p", direction), ("k", "ascending")]).to_numpy()
 
 
-class SemDedupScan(GroupSieve):
+class SemDedupScan(K.KMeansFit, GroupSieve):
     name: ClassVar[str] = "semdedup"
     Params: ClassVar[type[ScanParams]] = ScanParams
     reason: ClassVar[str] = S.Reason.SEMDEDUP_DUPLICATE
@@ -135,16 +134,9 @@ class SemDedupScan(GroupSieve):
         self.params: ScanParams = params
         self.reads = (params.column,)
         self.writes = (*K.cluster_columns(params.prefix), *m_columns(params.op))
-        self.centroids: np.ndarray | None = None
-
-    def sample_size(self, pool: int) -> int:
-        return self.params.training_rows(pool)
-
-    def fit(self, rows: Iterable[pa.Table]) -> None:
-        self.centroids = K.fit_centroids(rows, self.params)
 
     def group(self, rows: pa.Table) -> np.ndarray:
-        return K.assign(K.unit_rows(rows, self.params.column), self.centroids)[0]
+        return self.assign_rows(rows)[0]
 
     def select(self, rows: pa.Table) -> Decision:
         n = rows.num_rows
