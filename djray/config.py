@@ -17,7 +17,7 @@ from djray.ops.base import RUNTIME, is_runtime
 from djray.models import weights as W
 from djray.ops.caption_check import CaptionParams
 from djray.ops.decode import DecodeParams
-from djray.ops.sieve import EMBEDDING_SIEVES, SieveParams, SieveSpec, expand_steps
+from djray.ops.sieve import CLIP_SIEVES, EMBEDDING_SIEVES, SieveParams, SieveSpec, expand_steps
 from djray.ops.sieve.key_dedup import KeyDedupParams
 from djray.ops.text.params import TextParams
 from djray.ops.vision.clip_embed import ClipParams
@@ -149,8 +149,14 @@ class JobConfig(Section):
                     column = "vis_embedding" if section == "vision" else "clip_image_embedding"
                     raise ConfigError(f"sieve.{i}.{s.op}.embedding: {s.embedding} reads {column}, which needs a "
                                       f"`{section}:` section")
-            if s.op == "clip_score" and self.clip is None:
-                raise ConfigError(f"sieve.{i}.clip_score: reads clip_score, which needs a `clip:` section")
+            if s.op in ("d2pruning", "infogrowth", "tldr") and s.embedding == "dino" and self.vision is None:
+                raise ConfigError(f"sieve.{i}.{s.op}.embedding: dino reads vis_embedding, which needs a `vision:` "
+                                  "section")
+            if s.op in CLIP_SIEVES and self.clip is None:
+                raise ConfigError(f"sieve.{i}.{s.op}: reads clip_score, which needs a `clip:` section")
+            if s.op == "vas" and s.target.kind == "reference" and s.target.model != self.clip.model:
+                raise ConfigError(f"sieve.{i}.vas.target.model: {s.target.model} is not the job's clip.model "
+                                  f"{self.clip.model} (an S from another CLIP model is meaningless)")
         self._text_has_evidence()
 
     def _text_has_evidence(self) -> None:

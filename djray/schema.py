@@ -36,6 +36,8 @@ VIS_EMBEDDING = "vis_embedding"
 CLIP_IMAGE_EMBEDDING = "clip_image_embedding"  # L2-normalised CLIP image embedding (signals only)
 CLIP_TEXT_EMBEDDING = "clip_text_embedding"  # L2-normalised CLIP embedding of caption_raw (signals only)
 CLIP_SCORE = "clip_score"  # cos(image, text) of the two embeddings above (signals and data)
+VAS = "vas"  # vas sieve: f·S·f of the CLIP image embedding (published)
+GAIN = "gain"  # infogrowth sieve: normalised information gain in [0, 1] (published; the trainer's samplers read it)
 
 # ---- reject columns (rejects/) ---------------------------------------------------------------------------------
 STAGE = "stage"
@@ -88,6 +90,11 @@ class Reason:
     CLUSTER_QUOTA = "cluster_quota"  # cluster: outside its cluster's quota (hash rank)
     SEMDEDUP_DUPLICATE = "semdedup_duplicate"  # semdedup / d4: near-duplicate of an earlier row of its cluster
     D4_PROTOTYPICAL = "d4_prototypical"  # d4: among the rows closest to their (fresh) centroid
+    LOW_VAS = "low_vas"  # vas: outside the CLIP-score top, or outside the VAS top (detail says which)
+    D2_NOT_SELECTED = "d2_not_selected"  # d2pruning: not picked by the reverse message passing
+    INFOGROWTH_MISALIGNED = "infogrowth_misaligned"  # infogrowth: image-text alignment below δ
+    INFOGROWTH_LOW_GAIN = "infogrowth_low_gain"  # infogrowth: outside the top keep_fraction by gain
+    TLDR_NOT_SELECTED = "tldr_not_selected"  # tldr: not a stride member of its cluster, or outside the CLIP top
 
 
 class Stage:
@@ -157,6 +164,12 @@ PUBLISHED_FIELDS: dict[str, pa.DataType] = {
     **{f"{p}cos_to_centroid": pa.float32() for p in ("", *(f"{t}_" for t in KMEANS_TAGS))},
     **{f"{op}_max_sim": pa.float32() for op in ("semdedup", "d4")},
     **{f"{op}_nearest": NEAREST_TYPE for op in ("semdedup", "d4")},
+    VAS: pa.float32(),
+    GAIN: pa.float32(),
+    "gain_raw": pa.float32(),
+    "d2_score": pa.float32(),
+    "tldr_cluster_id": pa.int32(),
+    "tldr_itm": pa.bool_(),
 }
 
 # Columns every row carries between stages (source columns + bookkeeping), before any governance op adds its own.

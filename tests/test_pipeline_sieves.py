@@ -127,3 +127,26 @@ def test_laion_juicer_x_sieve_rewrites_only_the_survivors(ray_cluster, tmp_path,
     assert clip["preprocessing"]["source_column"] == S.PIXELS and clip["preprocessing"]["shared_with_vision"]
     assert clip["model"]["weights"] == "random" and clip["model"]["state_sha256"]
     assert manifest["models"]["vision"]["op"] == "dino_patch"
+
+
+def test_governors_publish_gain_and_vas_to_data(ray_cluster, tmp_path):
+    members = []
+    for i in range(12):
+        s = make_sample(i, seed=4)
+        members += corpus.sample_members(f"g{i:02d}", s["caption"], ext=s["ext"], image=s["image"])
+    corpus.write_tar(tmp_path / "in" / "g.tar", members)
+    cfg = parse_config({
+        "input": {"path": str(tmp_path / "in"), "format": "webdataset", "rows_per_block": 5},
+        "output": {"path": str(tmp_path / "out")},
+        "clip": {"weights": "random", "batch_size": 8, "resources": {"num_cpus": 0.5, "pool_size": 1}},
+        "sieve": [{"op": "infogrowth", "align_quantile": 0.25},
+                  {"op": "vas", "clip_fraction": 0.9, "vas_fraction": 0.5, "target": {"kind": "pool", "iterations": 2}}],
+    })
+    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+    data, rejects = _rows(tmp_path / "out", "data"), _rows(tmp_path / "out", "rejects")
+    assert manifest["accounting_ok"] and len(data) + len(rejects) == 12
+    assert manifest["rejected_by_reason"] == {S.Reason.INFOGROWTH_MISALIGNED: 3, S.Reason.LOW_VAS: 9 - 4}
+    assert all(0.0 <= r[S.GAIN] <= 1.0 and r[S.VAS] is not None for r in data)
+    assert {r[S.STAGE] for r in rejects} == {"sieve:infogrowth", "sieve:vas"}
+    vas = [s for s in manifest["selection"] if s["op"] == "vas"][0]
+    assert vas["describe"]["pool"] == 9 and vas["describe"]["n_clip"] == 8 and vas["describe"]["n_vas"] == 4

@@ -42,7 +42,8 @@ def test_reason_codes_are_stable():
         "truncated_image", "unsupported_format", "decompression_bomb", "image_too_small", "empty_caption",
         "undecodable_caption", "duplicate_key", "invalid_key", "missing_pixels", "nonfinite_scores",
         "duplicate_image", "not_sampled", "nonfinite_embedding", "low_clip_score", "cluster_quota",
-        "semdedup_duplicate", "d4_prototypical",
+        "semdedup_duplicate", "d4_prototypical", "low_vas", "d2_not_selected", "infogrowth_misaligned",
+        "infogrowth_low_gain", "tldr_not_selected",
     }
 
 

@@ -70,7 +70,8 @@ def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: C
             widths = column_bytes() if widths is None else widths
             width = 64 + sum(widths.get(c, 16) for c in sieve.reads)
             record = _run_step(ctx, step, sieve, pool, width, cpus)
-            record.update(op=step.op, step=step.name, params=p.model_dump(mode="json"), describe=sieve.describe())
+            record.setdefault("describe", sieve.describe())  # the fitted / planned sieve's, when the step has one
+            record.update(op=step.op, step=step.name, params=p.model_dump(mode="json"))
             iofs.write_json(fs, marker_path, record)
             log(f"[select] {step.name}: {record['dropped']:,} of {record['rows_in']:,} rows dropped")
         records.append(record)
@@ -91,7 +92,7 @@ def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width:
         sieve = _fit(ctx_ref, chunks, step, sieve, pool, cpus, retry)
     sieve_ref = ray.put(sieve)
     if isinstance(sieve, RankSieve):
-        return _ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry)
+        return {**_ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry), "describe": sieve.describe()}
     assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
     parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
     return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)),
@@ -166,7 +167,7 @@ def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int
                for p in range(parts)]
     dropped = sum(ray.get([r[-1] for r in reduced]))
     files = sum(ray.get([_write.options(**retry).remote(ctx_ref, step, *[r[q] for r in reduced]) for q in range(writers)]))
-    return {"rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
+    return {"describe": ray.get(sieve_ref).describe(), "rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
             "tasks": {"map": len(chunks), "reduce": parts, "write": writers}}
 
 

@@ -34,6 +34,8 @@ class DataConfig(Section):
     hflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a horizontal flip (indices are mirrored)")
     shuffle: bool = True
     seed: int = 0
+    sampler: Literal["none", "infogrowth_static", "infogrowth_dynamic"] = Field(
+        "none", description="draw rows by the `gain` an infogrowth sieve published (djray.train.sampler)")
     num_workers: int = Field(4, ge=0, description="decode threads per training worker (0: decode inline)")
     prefetch: int = Field(2, ge=1, description="batches decoded ahead of the training step")
 

@@ -152,7 +152,7 @@ def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
     if not files:
         raise TrainDataError(f"data.path: no Parquet files under {cfg.data.path} (expected a djray output "
                              "directory with data/*.parquet)")
-    needed = _needed_columns(mode)
+    needed = _needed_columns(mode) + ([S.GAIN] if cfg.data.sampler != "none" else [])
     base = data_dir if info.type == pafs.FileType.Directory else posixpath.dirname(root)
     jobs = [(p, posixpath.relpath(p, base)) for p in files]
     with ThreadPoolExecutor(min(16, len(jobs))) as pool:
@@ -160,6 +160,9 @@ def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
 
     shards, geometries, columns = [], {}, None
     for shard, names, missing, geometry, ranges in found:
+        if S.GAIN in missing:
+            raise TrainDataError(f"data.path: {shard.rel} lacks column 'gain' needed by data.sampler="
+                                 f"{cfg.data.sampler} (govern with an `infogrowth` sieve, or use data.sampler: none)")
         if missing:
             hint = (" (govern with a `vision:` section, or train with patches.mode: full)"
                     if set(missing) & {S.PATCH_IDX, S.PATCH_SCORES, S.GRID_H} else "")
@@ -297,5 +300,10 @@ def open_stream(cfg: TrainConfig, plan: DataPlan, rank: int, world: int, state: 
         cols = [S.KEY, S.IMAGE, S.CAPTION]
     elif cfg.patches.mode == "rescore":
         cols = [S.KEY, S.IMAGE, S.CAPTION, S.PATCH_SCORES]
+    if cfg.data.sampler != "none":
+        from djray.train.sampler import GainRowStream
+
+        return GainRowStream(fs, plan.share(rank, world), cols, seed=cfg.data.seed, rank=rank,
+                             sampler=cfg.data.sampler, shuffle=cfg.data.shuffle, state=state)
     return RowStream(fs, plan.share(rank, world), cols, seed=cfg.data.seed, rank=rank, shuffle=cfg.data.shuffle,
                      state=state)

@@ -7,7 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import yaml
 
-from conftest import check_page, decode
+from report_page import check_page, decode
 from djray import cli
 from djray.report import Output, write_report
 from djray.report.build import funnel_stages

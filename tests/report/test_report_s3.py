@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import boto3
 
-from conftest import check_page
+from report_page import check_page
 from djray import cli, pipeline
 from djray.config import parse_config
 from djray.io.fs import Storage

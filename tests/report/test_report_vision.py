@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import check_page, decode
+from report_page import check_page, decode
 from djray.geometry import canonical_crop, open_image
 from djray.report import write_report
 

@@ -78,7 +78,7 @@ def test_report_of_an_output_whose_run_never_finished_a_shard(tmp_path):
     """A manifest and nothing else (the first run failed before any shard was done): every section still renders."""
     import json
 
-    from conftest import check_page
+    from report_page import check_page
     from djray.report import write_report
 
     manifest = {"schema_version": 3, "djray_version": "x", "status": "incomplete", "config": {}, "models": {},

@@ -17,23 +17,31 @@ from pydantic import Field
 from djray.ops.sieve.base import Decision, GroupSieve, RankSieve, Sieve, SieveParams
 from djray.ops.sieve.clip_score import ClipScoreParams, ClipScoreSieve
 from djray.ops.sieve.cluster import ClusterParams, ClusterSieve
+from djray.ops.sieve.d2pruning import D2PruningParams, D2PruningSieve
 from djray.ops.sieve.d4 import D4Params, D4ProtoGlobal, D4ProtoPerCluster
 from djray.ops.sieve.exact_dedup import ExactDedup
+from djray.ops.sieve.infogrowth import InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm, InfoGrowthParams
 from djray.ops.sieve.key_dedup import KeyDedup
 from djray.ops.sieve.random import RandomSieve
 from djray.ops.sieve.semdedup import SemDedupCut, SemDedupParams, SemDedupScan
+from djray.ops.sieve.tldr import TldrItm, TldrParams, TldrStride
+from djray.ops.sieve.vas import VasParams, VasSieve
 
 # what a config may name (op → parameters), and the sieve class of every runtime step (by its parameters' type)
 _USER: tuple[type[SieveParams], ...] = (KeyDedup.Params, ExactDedup.Params, RandomSieve.Params, ClipScoreParams,
-                                        ClusterParams, SemDedupParams, D4Params)
+                                        ClusterParams, SemDedupParams, D4Params, VasParams,
+                                        D2PruningParams, InfoGrowthParams, TldrParams)
 _STEPS: tuple[type[Sieve], ...] = (KeyDedup, ExactDedup, RandomSieve, ClipScoreSieve, ClusterSieve, SemDedupScan,
-                                   SemDedupCut, D4ProtoGlobal, D4ProtoPerCluster)
+                                   SemDedupCut, D4ProtoGlobal, D4ProtoPerCluster, VasSieve,
+                                   D2PruningSieve, InfoGrowthClean, InfoGrowthGain, InfoGrowthNorm,
+                                   TldrItm, TldrStride)
 SIEVES: dict[str, type[SieveParams]] = {p.model_fields["op"].default: p for p in _USER}
 _BY_PARAMS: dict[type[SieveParams], type[Sieve]] = {cls.Params: cls for cls in _STEPS}
 
 SieveSpec = Annotated[Union[_USER], Field(discriminator="op")]
 
 EMBEDDING_SIEVES = ("cluster", "semdedup", "d4")  # sieves with `embedding: dino | clip_image`
+CLIP_SIEVES = ("clip_score", "vas", "d2pruning", "infogrowth", "tldr")  # sieves that read the `clip:` signals
 
 
 def expand_steps(params: list[SieveParams]) -> list[SieveParams]:
@@ -58,4 +66,4 @@ def build_sieve(params: SieveParams) -> Sieve:
 
 
 __all__ = ["SIEVES", "SieveSpec", "build_sieve", "expand_steps", "Decision", "GroupSieve", "RankSieve", "Sieve",
-           "SieveParams", "EMBEDDING_SIEVES"]
+           "SieveParams", "EMBEDDING_SIEVES", "CLIP_SIEVES"]
