@@ -5,7 +5,7 @@ it imports nothing of djray's runtime. On N synthetic JPEGs of realistic sizes (
 content, quality 90) it prints, for each batch size (64-512), bf16 by default:
 
 * decode per core — `open_image` + canonical crop (PIL, the production code) on one thread, and on `--workers`
-  threads: the number docs/cluster.md turns into "cores per GPU";
+  threads: the number docs/cluster.md turns into "cores per GPU" (plus, for comparison only, libjpeg's draft mode);
 * model only — `DinoPatchScorer` (normalise, one DINO forward, patch scores, top-k, [CLS] embedding, columns) on
   crops already decoded, i.e. what one GPU sustains when decode keeps up;
 * decode + model — the thread pool decodes the next batches while the op runs the current one.
@@ -61,6 +61,19 @@ def decode(data: bytes) -> np.ndarray:
     from djray.geometry import canonical_crop, open_image
 
     return canonical_crop(open_image(data, 89_478_485), IMAGE_SIZE)
+
+
+def decode_draft(data: bytes) -> np.ndarray:
+    """NOT the production path: libjpeg's DCT-domain downscale (PIL `draft`, shorter side kept >= S) before the
+    canonical crop. Faster on large JPEGs, but its pixels differ from the canonical crop's: measured here only to size
+    what a draft-decode (or GPU-decode) option would change."""
+    from PIL import Image
+
+    from djray.geometry import canonical_crop
+
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+    return canonical_crop(img.convert("RGB"), IMAGE_SIZE)
 
 
 class VisionOp:
@@ -157,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         decode(j)
     per_core = len(one) / (time.perf_counter() - t0)
     bench("decode_1_thread", len(one), len(one) / per_core, per_core_img_s=f"{per_core:.1f}")
+    t0 = time.perf_counter()
+    for j in one:
+        decode_draft(j)
+    bench("decode_draft_1_thread", len(one), time.perf_counter() - t0, production="no")
     with ThreadPoolExecutor(args.workers) as pool:
         t0 = time.perf_counter()
         crops = np.stack(list(pool.map(decode, jpegs)))

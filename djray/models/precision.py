@@ -1,10 +1,12 @@
 """`precision: auto` — the autocast precision of a model actor, chosen on the machine it runs on.
 
 * CUDA: bf16 (tensor cores; scores, softmax and the embedding stay fp32 where the op asks for it).
-* CPU with native bf16 (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo): bf16. On such a CPU bf16 autocast measured
-  2.7x faster than fp32 for ViT-S/16 (benchmarks/RESULTS.md).
-* any other CPU: a short probe at actor set-up — a warm-up, then a few batches of the real model in fp32 and in bf16;
-  the faster wins. Emulated bf16 can be slower than fp32, and only a measurement on this machine says which.
+* CPU with AMX (`amx_bf16` in /proc/cpuinfo): bf16, no probe. Measured on such a Xeon: the ViT-S/16 op 2.9x faster
+  in bf16 than in fp32 (benchmarks/RESULTS.md).
+* any other CPU, `avx512_bf16` without AMX included: a short probe at actor set-up — a warm-up, then two batches of
+  the real model in fp32 and in bf16; the faster wins. On AVX-512-BF16 CPUs without AMX this project has measured
+  bf16 both 2.7x faster and 1.5x slower than fp32 (different machines, different torch builds): only a measurement
+  on the machine at hand says which.
 
 Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
 returned for the manifest's model record (`precision`).
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+NATIVE_BF16_FLAGS = ("amx_bf16",)  # bf16 matrix units: bf16 without a probe
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
@@ -56,11 +58,11 @@ def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | N
     flags = cpu_flags() if flags is None else flags
     native = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if native:
-        return {"requested": "auto", "chosen": "bf16", "why": f"CPU has native bf16 ({', '.join(native)})"}
+        return {"requested": "auto", "chosen": "bf16", "why": f"CPU has bf16 matrix units ({', '.join(native)})"}
     if run is None:
-        return {"requested": "auto", "chosen": "fp32", "why": "CPU without native bf16, no probe possible"}
+        return {"requested": "auto", "chosen": "fp32", "why": "CPU without AMX, no probe possible"}
     seconds = probe(run)
     chosen = "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32"
     return {"requested": "auto", "chosen": chosen, "probe_s": seconds,
-            "why": f"CPU without native bf16; probe: fp32 {seconds['fp32']:.3f}s, bf16 {seconds['bf16']:.3f}s "
+            "why": f"CPU without AMX; probe: fp32 {seconds['fp32']:.3f}s, bf16 {seconds['bf16']:.3f}s "
                    "per batch"}

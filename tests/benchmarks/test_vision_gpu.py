@@ -25,7 +25,7 @@ def test_gpu_benchmark_runs_on_cpu_without_importing_ray():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = {m.group(1): m.group(0) for m in re.finditer(r"^BENCH name=(\S+) .*$", proc.stdout, re.M)}
-    assert {"decode_1_thread", "decode_2_threads", "model_only_b4", "decode_model_b4"} <= set(lines), proc.stdout
+    assert {"decode_1_thread", "decode_draft_1_thread", "decode_2_threads", "model_only_b4", "decode_model_b4"} <= set(lines), proc.stdout
     for line in lines.values():
         assert re.search(r" rows=\d+ wall_s=[\d.]+ peak_rss_mb=\d+ img_s=[\d.]+", line), line
     assert "rows=8 " in lines["model_only_b4"] and "rows=8 " in lines["decode_model_b4"]

@@ -1,4 +1,4 @@
-"""`precision: auto` (djray/models/precision.py): bf16 on CUDA and on CPUs with native bf16, else measured."""
+"""`precision: auto` (djray/models/precision.py): bf16 on CUDA and on CPUs with AMX, else measured."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def test_set_precisions_are_kept():
         assert resolve_precision(p, "cpu", flags=set())["chosen"] == p
 
 
-def test_cuda_and_native_bf16_cpus_choose_bf16_without_a_probe():
+def test_cuda_and_amx_cpus_choose_bf16_without_a_probe():
     def never(precision):
         raise AssertionError("no probe expected")
 
@@ -23,7 +23,7 @@ def test_cuda_and_native_bf16_cpus_choose_bf16_without_a_probe():
 
 def test_other_cpus_are_probed_and_the_faster_precision_wins():
     calls = []
-    rec = resolve_precision("auto", "cpu", calls.append, flags={"avx2"})
+    rec = resolve_precision("auto", "cpu", calls.append, flags={"avx2", "avx512_bf16"})  # no AMX: measured
     assert set(calls) == {"fp32", "bf16"} and len(calls) == 6  # a warm-up and two timed batches each
     s = rec["probe_s"]
     assert rec["chosen"] == ("bf16" if s["bf16"] < s["fp32"] else "fp32") and "probe" in rec["why"]
