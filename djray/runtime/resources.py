@@ -6,8 +6,8 @@ Resolved once Ray is up, before any plan is built (`resolve_phases`), for every 
   ahead of them on the other cores (docs/cluster.md sizes that).
 * no GPU: one actor per core, each holding an equal share of the CPU tokens that leaves `TASK_CPUS` for the read /
   decode / staging tasks, and ONE torch thread (set explicitly in the op's `setup()`: Ray's OMP_NUM_THREADS is not
-  the op's business). On 2 cores: 2 actors x 0.5 CPU. Measured: 2 one-thread actors beat one 2-thread actor, whose
-  threads Ray's own processes keep interrupting (benchmarks/RESULTS.md).
+  the op's business). On 2 cores: 2 actors x 0.5 CPU; a single 2-thread actor was measured no faster, its threads
+  interrupted by Ray's own processes (docs/vision.md).
 * keys the config sets are kept, except on a fixed-size local instance where the pools would hold every CPU token
   and starve the read tasks: their tokens (a scheduling count, not cores) are scaled down to leave `TASK_CPUS`, the
   torch threads stay as asked (`num_cpus: 2` still means 2 threads). Only a one-CPU instance is refused.
