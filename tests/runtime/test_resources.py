@@ -99,6 +99,11 @@ def test_decode_is_never_fused_into_the_model_actor(ray_cluster, tmp_path):
     text = physical.dag.dag_str
     assert "ActorPoolMapOperator[MapBatches(_OpActor)]" in text, text
     assert "MapBatches(decode)]" in text and "decode)->" not in text, text
+    # a GPU pool too (Ray Data needs a batch size there: one block's worth of rows)
+    gpu = Model(None, Resources(num_cpus=1, num_gpus=1, pool_size=1, batch_size=4))
+    gpu_ds = ray.data.range(8, override_num_blocks=2).map_batches(decode, num_cpus=1, batch_format="pyarrow")
+    gpu_text = get_execution_plan(add_op(gpu_ds, gpu, str(tmp_path), None, block_rows=4)._logical_plan)[0].dag.dag_str
+    assert "ActorPoolMapOperator[MapBatches(_OpActor)]" in gpu_text and "decode)->" not in gpu_text, gpu_text
     # and the guard is what keeps them apart: the same stages without it fuse
     fused = ray.data.range(8, override_num_blocks=2).map_batches(decode, num_cpus=1, batch_format="pyarrow")
     fused = fused.map_batches(_Echo, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1))
