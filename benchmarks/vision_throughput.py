@@ -1,45 +1,32 @@
-"""Throughput of read → decode → vision → write: a djray run on a local Ray instance vs a bare one-process loop.
+"""Throughput of read → decode → vision → write: the op alone, a bare one-process loop, and `djray run`.
 
-What is compared (same corpus, same CPUs, same model and precision, measured in this one run):
+Printed in one run, for bf16 and fp32 (ViT-S/16 DINO architecture, random weights, 224 px, batch 64):
 
-* bare loop — a fresh Python process (`--bare-child`), torch's default thread count (all cores): imports torch and
-  timm, builds the model, reads each tar, decodes every image with PIL (`open_image`, the same checks), applies the
-  caption/min-side policy, takes the canonical crop, and every `--batch-size` crops runs ONE DINO forward
-  (`forward_dino`: CLS→patch logits in fp32, the rest at the chosen precision), aggregates the heads into patch
-  scores, picks top-k patches (`select_patches`), keeps the [CLS] embedding, and writes one Parquet file of kept rows
-  (scores, indices, embedding, image bytes) per shard. Timed from spawn to exit; its own breakdown says how much of
-  that was interpreter start + imports + model build.
-* djray — `pipeline.run` of the equivalent config (`vision:` with `weights: random`) on a running local Ray instance:
-  read tasks (read + decode + crop fused), the vision actor pool, staging, duplicate-key pass, per-shard final write
-  and manifest. The actors' process start, imports and model build are inside the timing. `ray.init` and Ray Data's
-  once-per-cluster actors (created by a warm-up dataset) are not: a cluster pays them once, not per job.
+* op in-process — `DinoPatchScorer` (forward + scores + top-k + columns) on ready-made canonical crops, torch's
+  default threads, no decode and no I/O: the ceiling of the vision stage on this machine;
+* bare loop — a fresh Python process doing what a hand-written script would: read each tar, decode with PIL
+  (`open_image`, the same checks), caption/min-side policy, canonical crop, one `forward_dino` per 64 crops, head
+  aggregation, `select_patches`, one Parquet file per shard; timed from spawn to exit (its own imports and model
+  build included), and its loop alone (start-up removed);
+* djray whole run — `python -m djray run job.yaml` with the vision section at its defaults (`weights: random`,
+  `precision` set per row of the table, everything else left out: resources resolved by the runtime), timed from
+  launch to exit: Ray start, actor start, every phase, the manifest and Ray's shutdown are inside;
+* djray steady state — rows / (end of phase A − the moment the last vision actor was ready), from file times
+  (the actors' model record, the sealed signals files); and, with two sizes, the marginal rate
+  (rows2 − rows1) / (wall2 − wall1) of whole runs, for djray and the bare loop alike (fixed costs cancel).
 
-Three ratios djray / bare are printed (≥ 1.0: djray is as fast as the hand-written loop):
+One `BENCH` line per measurement; ratios djray / bare are printed at the end. Run on a quiet machine:
 
-1. whole runs — each side pays its own start-up (bare: interpreter + imports + model; djray: actor processes);
-2. conservative — the bare loop alone (its timed read/decode/forward/write parts; interpreter start, imports and
-   model build removed), djray with its actors' start-up;
-3. steady state — both without start-up: djray after its last vision actor was ready, the bare loop alone.
-
-It also prints where djray's CPU time went (vision actors, task workers, Ray's own processes, the driver; sampled from
-/proc) next to the bare process's CPU time, and the model alone at 1 thread and at all threads, fp32 and bf16 (on CPUs
-without AMX, bf16 autocast is slower than fp32: choose `vision.precision` by measuring here).
-
-Resources: inside a `num_cpus=1` actor Ray pins torch to ONE thread, so one actor uses one core. `pool_size` = number
-of CPUs with `num_cpus: 1` each takes every CPU of the local instance and the read / staging tasks never get
-scheduled (djray refuses such a config). The default here is `num_cpus = min(1, (cpus-1)/pool_size)`: 2 actors ×
-0.5 CPU on 2 CPUs (each still one torch thread).
-
-    python benchmarks/vision_throughput.py [--samples 2000] [--shards 8] [--pool-size 1 2] [--batch-size 16 32]
-                                           [--precision fp32|bf16] [--repeats 2] [--cpus N] [--no-probe]
+    flock -x /tmp/djray-cpu.lock python benchmarks/vision_throughput.py [--sizes 1200 5000] [--fp32-sizes 1200]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
-import signal
+import resource
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -54,6 +41,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL, IMAGE_SIZE, BATCH = "vit_small_patch16_224.dino", 224, 64
 
 
 def _read_tar(shard: Path) -> list[tuple[str, bytes | None, str]]:
@@ -132,28 +122,6 @@ def bare_loop(corpus: Path, out: Path, model_name: str, image_size: int, precisi
     return rows, scored, t
 
 
-def forward_rate(model_name: str, image_size: int, precision: str, batch_size: int, threads: int) -> float:
-    """Images/s of the model alone (forward + scores) at a given torch thread count, on random crops."""
-    import torch
-
-    from djray.models.dino import build_dino, forward_dino
-    from djray.ops.vision.dino_patch import aggregate_heads
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model, _ = build_dino(model_name, "random", image_size)
-        x = torch.randn(batch_size, 3, image_size, image_size)
-        forward_dino(model, x[:2], precision=precision)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(2):
-            o = forward_dino(model, x, precision=precision)
-            aggregate_heads(o.cls_logits, o.num_prefix_tokens, "mean_prob")
-        return 2 * batch_size / (time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int) -> dict:
     """The bare loop in a fresh interpreter, timed from spawn to exit (start-up included)."""
     import json
@@ -183,196 +151,142 @@ def bare_child(spec_json: str) -> int:
     return 0
 
 
-# ---- where djray's CPU time goes --------------------------------------------------------------------------------
-
-_ROLES = (("vision actors", ("MapWorker(",)),
-          ("Ray Data's own actors", ("_StatsActor", "Autoscaling", "SplitCoordinator")),
-          ("task workers (read/decode/stage/dedup/write)", ("ray::",)),
-          ("Ray system (raylet, GCS, agents)", ("raylet", "gcs_server", "dashboard", "agent", "log_monitor")))
+def _child_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def _role(cmdline: str) -> str | None:
-    for role, needles in _ROLES:
-        if any(n in cmdline for n in needles):
-            return role
-    return None
+def bench(name: str, rows: int, wall: float, rss: float, **kv) -> None:
+    extra = " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items())
+    print(f"BENCH name={name} rows={rows} wall_s={wall:.2f} peak_rss_mb={rss:.0f} img_s={rows / wall:.1f} "
+          f"load_avg={os.getloadavg()[0]:.2f} {extra}".rstrip(), flush=True)
 
 
-class CpuSampler:
-    """Samples utime+stime of every Ray process from /proc every `period` s; a process that exits keeps its last
-    sample (≤ one period lost). Linux only; elsewhere it reports nothing."""
+def op_in_process(corpus: Path, precision: str, n: int = 256) -> float:
+    """img/s of the vision op alone on `n` canonical crops (two timed passes after a warm-up batch)."""
+    from djray import schema as S
+    from djray._compat import patch_torchvision
+    from djray.geometry import canonical_crop, open_image
+    from djray.ops.vision.dino_patch import DinoPatchScorer
+    from djray.ops.vision.params import VisionParams
 
-    def __init__(self, period: float = 0.25):
-        import threading
-
-        self.period, self.seen, self.base = period, {}, {}
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._stop = threading.Event()
-        self.base = self._snapshot()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _snapshot(self) -> dict[int, tuple[str, float]]:
-        out: dict[int, tuple[str, float]] = {}
-        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+    patch_torchvision()
+    crops, keys = [], []
+    for shard in sorted(corpus.glob("*.tar")):
+        for key, image, _ in _read_tar(shard):
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
+                img = open_image(image or b"", 89_478_485)
+            except Exception:  # noqa: BLE001 - the corpus's bad rows: not part of this measurement
                 continue
-            role = _role(cmd)
-            if role is not None and pid != os.getpid():
-                out[pid] = (role, (int(fields[11]) + int(fields[12])) / self.tick)
-        return out
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            self.seen.update(self._snapshot())
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
-        self.seen.update(self._snapshot())
-        totals: dict[str, float] = {}
-        for pid, (role, cpu) in self.seen.items():
-            totals[role] = totals.get(role, 0.0) + cpu - self.base.get(pid, (role, 0.0))[1]
-        return totals
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _alarm(signum, frame):  # noqa: ARG001
-    raise _Timeout()
+            if min(img.size) >= 32:
+                crops.append(canonical_crop(img, IMAGE_SIZE).tobytes())
+                keys.append(key)
+            if len(crops) == n:
+                break
+        if len(crops) == n:
+            break
+    m = len(crops)
+    batch = pa.table({S.PIXELS: pa.array(crops, pa.binary(IMAGE_SIZE * IMAGE_SIZE * 3)), S.KEY: keys,
+                      S.SRC_SHARD: ["s"] * m, S.SRC_INDEX: pa.array(range(m), pa.int64()),
+                      S.REJECT_REASON: pa.array([None] * m, pa.string())})
+    op = DinoPatchScorer(VisionParams(model=MODEL, weights="random", image_size=IMAGE_SIZE, precision=precision,
+                                      batch_size=BATCH))
+    op.setup()
+    op(batch.slice(0, BATCH))
+    t0 = time.perf_counter()
+    for _ in range(2):
+        op(batch)
+    wall = time.perf_counter() - t0
+    bench(f"op_inprocess_{precision}", 2 * m, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          threads=op.describe()["threads"])
+    return 2 * m / wall
 
 
-def run_djray(corpus: Path, out: Path, args: argparse.Namespace, batch: int, pool: int, vcpus: float) -> dict:
-    from djray import pipeline
-    from djray.config import parse_config
+def run_djray(corpus: Path, out: Path, precision: str) -> dict:
+    """`python -m djray run` from launch to exit on a job with the vision section at its defaults."""
+    import shutil
+
+    import yaml
 
     shutil.rmtree(out, ignore_errors=True)
-    cfg = parse_config({
-        "input": {"path": str(corpus), "format": "webdataset", "rows_per_block": args.rows_per_block or batch},
-        "output": {"path": str(out)},
-        "vision": {"model": args.model, "weights": "random", "image_size": args.image_size,
-                   "precision": args.precision, "batch_size": batch, "ratio": 0.5, "strategy": "topk",
-                   "resources": {"pool_size": pool, "num_cpus": vcpus}}})
-    sampler = CpuSampler()
-    before = os.times()
+    job = out.parent / f"{out.name}.yaml"
+    job.write_text(yaml.safe_dump({"input": {"path": str(corpus), "format": "webdataset"},
+                                   "output": {"path": str(out)},
+                                   "vision": {"model": MODEL, "weights": "random", "precision": precision}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t_spawn = time.time()
     t0 = time.perf_counter()
-    manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
+    proc = subprocess.run([sys.executable, "-m", "djray", "run", str(job), "--no-progress"], env=env,
+                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    after = os.times()
-    cpu = sampler.stop()
-    cpu["driver"] = (after.user - before.user) + (after.system - before.system)
-    record = out / "_djray" / "models" / "dino_patch.json"  # written by each actor once its model is built
-    return {"wall_s": wall, "ready_s": record.stat().st_mtime - (time.time() - wall), "manifest": manifest,
-            "cpu": cpu}
+    if proc.returncode:
+        raise SystemExit(f"djray run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = out / "_djray" / "models" / "dino_patch.json"
+    ready = record.stat().st_mtime - t_spawn
+    signals_end = max(f.stat().st_mtime for f in (out / "signals").rglob("*.parquet")) - t_spawn
+    notes = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("vision:")]
+    return {"wall_s": wall, "ready_s": ready, "signals_end_s": signals_end, "manifest": manifest,
+            "model": json.loads(record.read_text()), "notes": notes, "rss": _child_rss_mb()}
 
 
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--bare-child":
         return bare_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=2000, help="images in the corpus")
-    ap.add_argument("--shards", type=int, default=8)
-    ap.add_argument("--pool-size", type=int, nargs="+", default=None,
-                    help="vision actors (one or more values to compare; default: the number of CPUs)")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[32], help="images per forward (one or more)")
-    ap.add_argument("--vision-cpus", type=float, default=None,
-                    help="vision.resources.num_cpus per actor (default: min(1, (cpus-1)/pool_size), so one CPU stays "
-                         "free for the read and staging tasks)")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the best time of each side counts")
-    ap.add_argument("--rows-per-block", type=int, default=None, help="input.rows_per_block (default: the batch size)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--model", default="vit_small_patch16_224.dino")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--cpus", type=int, default=os.cpu_count())
-    ap.add_argument("--timeout", type=int, default=900, help="seconds before a djray run counts as hung")
-    ap.add_argument("--no-probe", action="store_true", help="skip the model-only thread/precision probe")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1200, 5000], help="images per corpus (bf16)")
+    ap.add_argument("--fp32-sizes", type=int, nargs="*", default=None, help="sizes run in fp32 (default: smallest)")
+    ap.add_argument("--shard-rows", type=int, default=200, help="images per input shard")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    pools = args.pool_size or [args.cpus]
-
-    import ray
-
+    fp32_sizes = args.fp32_sizes if args.fp32_sizes is not None else [min(args.sizes)]
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="djray-vbench-"))
+    from djray.models.precision import cpu_flags
     from djray.sample_data import write_sample_corpus
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="djray-vbench-"))
-    corpus = work / f"corpus-{args.samples}-{args.shards}"
-    if not corpus.exists():
-        write_sample_corpus(str(corpus), args.samples, args.shards, "webdataset", seed=0)
-    print(f"corpus: {args.samples} images, {args.shards} shards; {args.cpus} CPUs; model {args.model} "
-          f"({args.image_size}px, weights random, {args.precision})")
-    if not args.no_probe:
-        import torch
-
-        b, n = args.batch_size[0], torch.get_num_threads()
-        for precision in ("fp32", "bf16"):
-            r1 = forward_rate(args.model, args.image_size, precision, b, 1)
-            rn = forward_rate(args.model, args.image_size, precision, b, n)
-            print(f"model only ({precision}, forward+scores, batch {b}): {r1:6.1f} img/s at 1 thread, {rn:6.1f} "
-                  f"img/s at {n} threads")
-
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray.data.range(8).materialize()  # Ray Data's once-per-cluster actors, like ray.init: not part of a job
-    signal.signal(signal.SIGALRM, _alarm)
-    summary: list[str] = []
-    for batch in args.batch_size:
-        bares: list[dict] = []
-        runs: dict[int, list[dict]] = {p: [] for p in pools}
-        for rep in range(args.repeats):  # interleaved, best-of: the machine may be shared with other work
-            bare = run_bare(corpus, work / "bare", args, batch)
-            bares.append(bare)
-            parts = bare["parts"]
-            print(f"\nbatch {batch} run {rep + 1}: bare process: {bare['rows'] / bare['wall_s']:6.1f} img/s "
-                  f"({bare['wall_s']:.2f}s wall, {bare['cpu_s']:.1f}s CPU, {bare['scored']} scored; "
-                  + ", ".join(f"{k} {v:.2f}s" for k, v in parts.items()) + f"; load avg {os.getloadavg()[0]:.1f})")
-            for pool in pools:
-                vcpus = args.vision_cpus or min(1.0, (args.cpus - 1) / pool)
-                signal.alarm(args.timeout)
-                try:
-                    run = run_djray(corpus, work / "djray", args, batch, pool, vcpus)
-                except _Timeout:
-                    print(f"batch {batch} run {rep + 1}: djray pool {pool} x {vcpus:g} CPU: TIMEOUT after "
-                          f"{args.timeout}s")
-                    continue
-                finally:
-                    signal.alarm(0)
-                m = run["manifest"]
-                assert m["rows_in"] == bare["rows"] and m["rows_kept"] == bare["scored"], (m["rows_in"], bare)
-                run["pool"], run["vcpus"] = pool, vcpus
-                runs[pool].append(run)
-                cpu = run["cpu"]
-                print(f"batch {batch} run {rep + 1}: djray, pool {pool} x {vcpus:g} CPU: "
-                      f"{m['rows_in'] / run['wall_s']:6.1f} img/s ({run['wall_s']:.2f}s wall, "
-                      f"{sum(cpu.values()):.1f}s CPU; last vision actor ready at {run['ready_s']:.1f}s; phases "
-                      f"{m['run']['phases_s']}; load avg {os.getloadavg()[0]:.1f})")
-                print("    djray CPU by role: " + ", ".join(f"{k} {v:.1f}s" for k, v in
-                                                             sorted(cpu.items(), key=lambda kv: -kv[1])))
-        bare = min(bares, key=lambda b: b["wall_s"])
-        rows = bare["rows"]
-        loop_s = sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
-        startup = bare["wall_s"] - loop_s  # interpreter start, imports, model build: everything outside the loop
-        for pool, rs in runs.items():
-            if not rs:
-                continue
-            run = min(rs, key=lambda r: r["wall_s"])
-            whole = bare["wall_s"] / run["wall_s"]
-            conservative = loop_s / run["wall_s"]
-            steady = loop_s / (run["wall_s"] - run["ready_s"])
-            line = (f"batch {batch}, pool {pool} x {run['vcpus']:g} CPU (best of {len(rs)} vs best of {len(bares)}): "
-                    f"djray / bare = {whole:.2f} whole runs [{rows / bare['wall_s']:.1f} vs "
-                    f"{rows / run['wall_s']:.1f} img/s]; {conservative:.2f} with the bare loop's start-up "
-                    f"({startup:.1f}s) removed; {steady:.2f} steady state (djray's first {run['ready_s']:.1f}s "
-                    f"removed too)")
-            print("\n" + line)
-            summary.append(line)
-    ray.shutdown()
-    print("\nsummary:\n" + "\n".join(summary))
+    corpora = {}
+    for n in sorted(set(args.sizes) | set(fp32_sizes)):
+        corpora[n] = work / f"corpus-{n}"
+        if not corpora[n].exists():
+            write_sample_corpus(str(corpora[n]), n, max(1, n // args.shard_rows), "webdataset", seed=0)
+    flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
+    print(f"{os.cpu_count()} CPUs ({', '.join(flags)}); {MODEL} {IMAGE_SIZE}px random weights, batch {BATCH}; "
+          f"{args.shard_rows} images per shard; load avg {os.getloadavg()}", flush=True)
+    ratios: list[str] = []
+    for precision, sizes in (("bf16", args.sizes), ("fp32", fp32_sizes)):
+        if not sizes:
+            continue
+        op_rate = op_in_process(corpora[min(sizes)], precision)
+        whole: dict[str, dict[int, float]] = {"bare": {}, "djray": {}}
+        for n in sizes:
+            ns = argparse.Namespace(model=MODEL, image_size=IMAGE_SIZE, precision=precision)
+            bare = run_bare(corpora[n], work / "bare", ns, BATCH)
+            loop_s = sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
+            bench(f"bare_whole_{precision}", bare["rows"], bare["wall_s"], _child_rss_mb())
+            bench(f"bare_loop_{precision}", bare["rows"], loop_s, _child_rss_mb(),
+                  startup_s=bare["wall_s"] - loop_s)
+            run = run_djray(corpora[n], work / "djray-out", precision)
+            m = run["manifest"]
+            assert m["rows_in"] == bare["rows"] and m["rows_kept"] == bare["scored"], (m["rows_in"], bare)
+            steady_s = run["signals_end_s"] - run["ready_s"]
+            bench(f"djray_whole_{precision}", m["rows_in"], run["wall_s"], run["rss"], ready_s=run["ready_s"],
+                  phase_a_end_s=run["signals_end_s"], chosen=run["model"]["precision"]["chosen"],
+                  threads=run["model"]["threads"], actors=run["model"]["resources"]["pool_size"])
+            bench(f"djray_steady_{precision}", m["rows_in"], steady_s, run["rss"])
+            print("    " + "; ".join(run["notes"]) + f"; phases {m['run']['phases_s']}", flush=True)
+            whole["bare"][n], whole["djray"][n] = bare["wall_s"], run["wall_s"]
+            ratios.append(f"{precision} {n} images: djray/bare whole run {bare['wall_s'] / run['wall_s']:.2f}, "
+                          f"steady {(m['rows_in'] / steady_s) / (bare['rows'] / loop_s):.2f} "
+                          f"(djray {m['rows_in'] / run['wall_s']:.1f} / {m['rows_in'] / steady_s:.1f} img/s, bare "
+                          f"{bare['rows'] / bare['wall_s']:.1f} / {bare['rows'] / loop_s:.1f}, op alone "
+                          f"{op_rate:.1f})")
+        if len(sizes) >= 2:
+            a, b = min(sizes), max(sizes)
+            rates = {k: (b - a) / (v[b] - v[a]) for k, v in whole.items()}
+            for k, r in rates.items():
+                print(f"BENCH name={k}_marginal_{precision} rows={b - a} wall_s={whole[k][b] - whole[k][a]:.2f} "
+                      f"peak_rss_mb={_child_rss_mb():.0f} img_s={r:.1f}", flush=True)
+            ratios.append(f"{precision} marginal {a}->{b}: djray/bare {rates['djray'] / rates['bare']:.2f}")
+    print("\nratios (>= 1: djray as fast as the bare loop):\n" + "\n".join(ratios))
     return 0
 
 

@@ -28,10 +28,11 @@ import ray
 from djray.config import JobConfig
 from djray.io import fs as iofs
 from djray.preflight import Plan, prepare
-from djray.runtime.cluster import JobError, check_cpu_budget, cluster_cpus, ensure_ray, root_cause
+from djray.runtime.cluster import JobError, attached_to_cluster, cluster_cpus, ensure_ray, root_cause
 from djray.runtime.layout import Layout
 from djray.runtime.ledger import Ledger
 from djray.runtime.manifest import build_manifest
+from djray.runtime.resources import live_cluster, resolve_phases
 from djray.runtime.select import bytes_per_row, run_selection
 from djray.runtime.stream import run_kept_ops, run_phase_a
 from djray.runtime.write import run_final_write
@@ -44,7 +45,8 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     plan = prepare(cfg)
     started = time.time()
     ensure_ray(cfg)
-    check_cpu_budget(cfg, [plan.ops, plan.kept_ops])
+    for line in resolve_phases([plan.ops, plan.kept_ops], live_cluster(attached_to_cluster(cfg))):
+        log(line)
     _claim_output(plan)
     clock = PhaseClock()
     rows = 0

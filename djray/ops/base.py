@@ -42,10 +42,14 @@ class Params(BaseModel):
 
 @dataclass(frozen=True)
 class Resources:
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    pool_size: int = 1  # actor pool size for stateful ops
+    """What an op asks of the cluster. None: the runtime resolves it against the live cluster once Ray is up
+    (`djray.runtime.resources`), e.g. one model actor per core without GPUs, one per GPU with them."""
+
+    num_cpus: float | None = 1.0
+    num_gpus: float | None = 0.0
+    pool_size: int | None = 1  # actor pool size for stateful ops
     batch_size: int | None = 64
+    threads: int | None = None  # torch threads per actor (set in the op's setup()); None: torch's default
 
 
 class Op:

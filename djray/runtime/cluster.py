@@ -10,8 +10,7 @@ from typing import Any
 
 import ray
 
-from djray.config import ConfigError, JobConfig
-from djray.ops.base import Op
+from djray.config import JobConfig
 from djray.runtime import auth
 
 
@@ -34,9 +33,35 @@ def ensure_ray(cfg: JobConfig) -> None:
             if auth.is_auth_error(e):
                 raise JobError(auth.failure_line(address)) from None
             raise JobError(f"cannot attach to the Ray cluster at {address}: {e}") from None
+    elif cfg.ray.num_cpus is None and running_local_instance():
+        ray.init(address="auto", **kwargs)  # `ray start --head` on this machine: no start-up, warm workers
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
     configure_ray_data()
+
+
+def running_local_instance(path: str = "/tmp/ray/ray_current_cluster") -> bool:
+    """True when `ray start --head` left a Ray instance on this machine that still answers (reusing it saves the
+    seconds of starting one, and its workers are already warm). An in-process `ray.init` writes no such file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            host, _, port = f.read().strip().rpartition(":")
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+    except (OSError, ValueError):
+        return False
+    return host in ("127.0.0.1", "localhost") or host in _local_addresses()
+
+
+def _local_addresses() -> set[str]:
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        return set()
+
+
+def attached_to_cluster(cfg: JobConfig) -> bool:
+    """True when the job runs on a cluster it attached to (`ray.address` / RAY_ADDRESS), not a local instance."""
+    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -70,20 +95,3 @@ def configure_ray_data() -> None:
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def check_cpu_budget(cfg: JobConfig, phases: list[list[Op]]) -> None:
-    """Actor pools that hold every CPU of a fixed-size instance starve the read and write tasks: Ray would wait
-    forever. Refuse that before starting (an autoscaling cluster can add nodes, so only the local instance)."""
-    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
-        return
-    cpus = ray.cluster_resources().get("CPU", 0)
-    from djray.runtime.fuse import fuse_stateful
-
-    for ops in map(fuse_stateful, phases):
-        held = sum(op.resources.pool_size * op.resources.num_cpus for op in ops if op.stateful)
-        if held and held > cpus - 0.5:
-            section = next(op.stage for op in ops if op.stateful)
-            raise ConfigError(f"{section}.resources: actor pools hold {held:g} of the {cpus:g} CPUs of the local "
-                              "Ray instance, leaving none for read/write tasks; lower pool_size or num_cpus "
-                              "(e.g. num_cpus: 0.5) or give the instance more CPUs (ray.num_cpus)")

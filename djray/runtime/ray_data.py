@@ -2,7 +2,8 @@
 
 The runtime, not the op, decides how an op runs: a stateless op becomes a Ray task (`map_batches` with a function),
 a stateful op (a model loaded in `setup()`) becomes a fixed-size actor pool (`compute=ActorPoolStrategy`) with the
-op's CPU/GPU request. Stages with equal resources are fused by Ray Data into one task chain per block.
+op's CPU/GPU request, resolved against the live cluster (runtime/resources.py). Task stages are fused by Ray Data
+into one task chain per block (read → decode → caption check); the model pool is always its own operator.
 
 Task retries, set on purpose (`djray.io.errors.task_args`): every task stage — read, stateless ops, staging
 writes — reruns up to `ray.task_retries` times when it raised TransientStorageError (a storage failure that outlasted
@@ -119,21 +120,26 @@ def kept_rows_plan(ctx: SelectionContext, orders: list[int], ops: list[Op], outp
     ds = ray.data.read_datasource(KeptRowsDatasource(ctx, orders, columns, rows_per_block),
                                   override_num_blocks=max(1, len(orders)), ray_remote_args=retry)
     for op in ops:
-        ds = add_op(ds, op, ctx.output_uri, ctx.storage, retry)
+        ds = add_op(ds, op, ctx.output_uri, ctx.storage, retry, rows_per_block)
     patch_columns = tuple(dict.fromkeys(c for op in ops for c in op.writes))
     return ds.map_batches(functools.partial(stage_patches, ctx=ctx, output_sha=output_sha, columns=patch_columns),
                           batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **retry)
 
 
 def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage,
-           retry: dict[str, Any] | None = None) -> ray.data.Dataset:
+           retry: dict[str, Any] | None = None, block_rows: int | None = None) -> ray.data.Dataset:
     res = op.resources
     kwargs: dict[str, Any] = {"batch_format": "pyarrow", "zero_copy_batch": True}
     if op.stateful:
+        # Whole blocks (the op splits each into near-equal forwards: no 64/64/64/9 tails); Ray Data insists on a
+        # batch size for GPU actors, so they get one block's worth of rows (`block_rows`). `max_restarts` is Ray
+        # Data's own default for actor pools, set here because task stages never carry it: Ray Data fuses a task
+        # stage into the next actor stage only when their remote arguments agree, and decode must never run inside
+        # the model actor (in series with the model, on the one process that holds the accelerator).
         return ds.map_batches(_OpActor, fn_constructor_args=(op, output_uri, storage), num_cpus=res.num_cpus,
-                              num_gpus=res.num_gpus,
-                              compute=ray.data.ActorPoolStrategy(size=res.pool_size), batch_size=res.batch_size,
-                              **kwargs)
+                              num_gpus=res.num_gpus, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
+                              batch_size=(block_rows or res.batch_size) if res.num_gpus else None,
+                              max_restarts=-1, **kwargs)
     # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
     # the read task, so a shard is read, decoded and staged in one process without object-store round trips.
     return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs,
@@ -146,7 +152,7 @@ def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], o
     retry = task_args(spec.task_retries)
     ds = ray.data.read_datasource(ShardDatasource(shards, spec), override_num_blocks=max(1, len(shards)),
                                   ray_remote_args=retry)
-    for op in fuse_stateful(ops):  # model ops with equal resources share one actor (runtime/fuse.py)
-        ds = add_op(ds, op, output_uri, storage, retry)
+    for op in fuse_stateful(ops):  # model ops with equal resources share one actor (fuse.py)
+        ds = add_op(ds, op, output_uri, storage, retry, spec.rows_per_block)
     return ds.map_batches(functools.partial(_stage_signals, output_uri=output_uri, storage=storage, schema=schema),
                           batch_size=None, batch_format="pyarrow", zero_copy_batch=True, **retry)

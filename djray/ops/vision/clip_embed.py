@@ -32,15 +32,18 @@ _TYPES = {f.name: f.type for f in S.CLIP_SIGNAL_FIELDS}
 
 
 class ClipResources(Params):
-    num_gpus: float = Field(0.0, ge=0)  # per actor
-    num_cpus: float = Field(1.0, gt=0)  # per actor
-    pool_size: int = Field(1, ge=1)  # actors in the pool
+    """As vision.resources: a key left out is resolved against the live cluster (djray.runtime.resources)."""
+
+    num_gpus: float | None = Field(None, ge=0)  # per actor
+    num_cpus: float | None = Field(None, gt=0)  # per actor
+    pool_size: int | None = Field(None, ge=1)  # actors in the pool
+    threads: int | None = Field(None, ge=1)  # torch threads per actor
 
 
 class ClipParams(Params):
     model: str = "ViT-B-16"  # an open_clip model name
     weights: str = "hub"  # hub | hub:TAG | file:PATH | s3://bucket/key | random (as vision.weights)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # auto: as vision.precision
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
     resources: ClipResources = Field(ClipResources(), json_schema_extra=RUNTIME)
 
@@ -84,7 +87,9 @@ class ClipEmbedder(Op):
         params = params or ClipParams()
         r = params.resources
         super().__init__(params, Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, pool_size=r.pool_size,
-                                           batch_size=params.batch_size))
+                                           batch_size=params.batch_size, threads=r.threads))
+        self.precision = params.precision if params.precision != "auto" else "fp32"  # resolved in setup()
+        self.precision_record: dict[str, Any] = {}
         self.params: ClipParams = params
         self.pixels, self.size = clip_pixels_column(params, vision_image_size)
         self.reads = (self.pixels, S.CAPTION_RAW, S.REJECT_REASON)
@@ -102,11 +107,12 @@ class ClipEmbedder(Op):
         patch_torchvision()
         import open_clip
 
-        want_gpu = self.resources.num_gpus > 0
-        self.device = "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
-        if want_gpu and self.device == "cpu":
-            log.warning("clip.resources.num_gpus=%s but no CUDA device is visible; running on CPU",
-                        self.resources.num_gpus)
+        from djray.models.precision import resolve_precision
+        from djray.ops.vision.dino_patch import model_device
+
+        if self.resources.threads:
+            torch.set_num_threads(self.resources.threads)
+        self.device = model_device(self.resources.num_gpus, "clip")
         if self.params.precision == "fp16" and self.device != "cuda":
             raise ValueError("clip.precision: fp16 autocast needs a CUDA device; this worker runs on CPU")
         self.model, self.built = build_clip(self.params.model, self.params.weights, device=self.device,
@@ -116,12 +122,19 @@ class ClipEmbedder(Op):
         self.tokenizer = open_clip.get_tokenizer(self.params.model)
         self.mean = torch.tensor(self.built["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.built["std"], device=self.device).view(1, 3, 1, 1)
+        self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_batch)
+        self.precision = self.precision_record["chosen"]
+
+    def _probe_batch(self, precision: str) -> None:
+        self.precision = precision
+        n = min(self.params.batch_size, 16)
+        self.embed(np.zeros((n, self.size, self.size, 3), np.uint8), ["a photo"] * n)
 
     def describe(self) -> dict[str, Any]:
         """Manifest record: parameters, weights and checksums, and the preprocessing CLIP saw."""
         out: dict[str, Any] = {"op": self.name, "params": self.params.model_dump(mode="json")}
         if self.model is not None:
-            out.update(model=self.built, device=self.device, preprocessing={
+            out.update(model=self.built, device=self.device, precision=self.precision_record, preprocessing={
                 "source_column": self.pixels, "shared_with_vision": self.pixels == S.PIXELS,
                 "resize": f"shorter side to {self.size}, PIL bicubic", "long_side": "max(S, round(long * S / short))",
                 "crop": f"center {self.size}x{self.size} at floor((w-S)/2), floor((h-S)/2)",
@@ -131,7 +144,7 @@ class ClipEmbedder(Op):
         return out
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
-        from djray.ops.vision.dino_patch import list_array, pixels_array
+        from djray.ops.vision.dino_patch import even_chunks, list_array, pixels_array
 
         if self.model is None:
             self.setup()
@@ -149,12 +162,11 @@ class ClipEmbedder(Op):
         img_out: list[np.ndarray | None] = [None] * n
         txt_out: list[np.ndarray | None] = [None] * n
         score: list[float | None] = [None] * n
-        for start in range(0, rows.size, self.params.batch_size):
-            chunk = rows[start:start + self.params.batch_size]
+        for chunk in even_chunks(rows, self.params.batch_size):
             img, txt = self.embed(images[chunk], [captions[r] or "" for r in chunk])
             for j, r in enumerate(chunk):
                 if not (np.isfinite(img[j]).all() and np.isfinite(txt[j]).all()):
-                    reasons[r], details[r] = S.Reason.NONFINITE_EMBEDDING, f"non-finite CLIP embedding ({self.params.precision})"
+                    reasons[r], details[r] = S.Reason.NONFINITE_EMBEDDING, f"non-finite CLIP embedding ({self.precision})"
                     continue
                 img_out[r], txt_out[r] = img[j], txt[j]
                 score[r] = float(np.dot(img[j], txt[j]))
@@ -176,7 +188,7 @@ class ClipEmbedder(Op):
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         x = (x.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
         tokens = self.tokenizer(captions).to(self.device)
-        with torch.inference_mode(), autocast(x.device.type, self.params.precision):
+        with torch.inference_mode(), autocast(x.device.type, self.precision):
             img = self.model.encode_image(x)
             txt = self.model.encode_text(tokens)
         return _unit(img.float().cpu().numpy()), _unit(txt.float().cpu().numpy())

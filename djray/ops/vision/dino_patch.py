@@ -16,6 +16,7 @@ non-finite scores is rejected here (stage ``vision``) instead of failing its bat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from djray import schema as S
+from djray.models.precision import resolve_precision
 from djray.ops.base import Op, Resources, alive_mask
 from djray.ops.vision.class_head import build_head, probabilities, top_classes
 from djray.ops.vision.params import VisionParams
@@ -67,11 +69,13 @@ class DinoPatchScorer(Op):
                  cache_dir: str | None = None):
         params = params or VisionParams()
         r = params.resources
-        super().__init__(params, resources or Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                                        pool_size=r.pool_size, batch_size=params.batch_size))
+        super().__init__(params, resources or Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, pool_size=r.pool_size,
+                                                        batch_size=params.batch_size, threads=r.threads))
         self.params: VisionParams = params
         self.cache_dir = cache_dir
         self.model = None
+        self.precision = params.precision if params.precision != "auto" else "fp32"  # resolved in setup()
+        self.precision_record: dict[str, Any] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -82,11 +86,9 @@ class DinoPatchScorer(Op):
         from djray.models.dino import build_dino
 
         p = self.params
-        want_gpu = self.resources.num_gpus > 0
-        self.device = "cuda" if want_gpu and torch.cuda.is_available() else "cpu"
-        if want_gpu and self.device == "cpu":
-            log.warning("vision.resources.num_gpus=%s but no CUDA device is visible; running on CPU",
-                        self.resources.num_gpus)
+        if self.resources.threads:
+            torch.set_num_threads(self.resources.threads)  # explicit: Ray's OMP_NUM_THREADS is not the op's choice
+        self.device = model_device(self.resources.num_gpus, "vision")
         if p.precision == "fp16" and self.device != "cuda":
             raise ValueError("vision.precision: fp16 autocast needs a CUDA device; this worker runs on CPU "
                              "(use bf16 or fp32)")
@@ -100,14 +102,29 @@ class DinoPatchScorer(Op):
                              f"{self.backbone['patch_size']} of {p.model}")
         self.mean = torch.tensor(self.backbone["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.backbone["std"], device=self.device).view(1, 3, 1, 1)
+        self.precision_record = resolve_precision(p.precision, self.device, self._probe_batch)
+        self.precision = self.precision_record["chosen"]
         self.head = build_head(p.head, seed=p.seed, cache_dir=self.cache_dir)
-        self.head.setup(self.backbone, int(self.model.embed_dim), self.device, p.precision)
+        self.head.setup(self.backbone, int(self.model.embed_dim), self.device, self.precision)
+
+    def _probe_batch(self, precision: str) -> None:
+        """One forward of the real model on a batch of random crops (the `precision: auto` probe)."""
+        import torch
+
+        size = self.params.image_size
+        x = torch.rand(min(self.params.batch_size, 16), 3, size, size, device=self.device)
+        out = forward_dino(self.model, x, precision=precision)
+        aggregate_heads(out.cls_logits, out.num_prefix_tokens, self.params.aggregation)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records: parameters, resolved sources, checksums, geometry and normalisation."""
         out: dict[str, Any] = {"op": self.name, "params": self.params.model_dump(mode="json")}
         if self.model is not None:
-            out.update(backbone=self.backbone, head=self.head.description, device=self.device)
+            import torch
+
+            out.update(backbone=self.backbone, head=self.head.description, device=self.device,
+                       precision=self.precision_record, threads=torch.get_num_threads(),
+                       resources=dataclasses.asdict(self.resources))
         return out
 
     # ---- batch ------------------------------------------------------------------------------------------------
@@ -130,8 +147,7 @@ class DinoPatchScorer(Op):
         scores = [None] * n
         embeds = [None] * n
         probs = [None] * n
-        for start in range(0, rows.size, p.batch_size):
-            chunk = rows[start:start + p.batch_size]
+        for chunk in even_chunks(rows, p.batch_size):
             u8 = torch.from_numpy(images[chunk]).to(self.device)
             x = (u8.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
             out = self._forward(x)
@@ -142,16 +158,14 @@ class DinoPatchScorer(Op):
                 pr = probabilities(self.head.logits(u8, out).float().cpu().numpy(), p.head.prob)
             for j, r in enumerate(chunk):
                 if not np.isfinite(s[j]).all():
-                    reasons[r], details[r] = NONFINITE_SCORES, f"non-finite patch scores ({p.precision})"
+                    reasons[r], details[r] = NONFINITE_SCORES, f"non-finite patch scores ({self.precision})"
                     continue
                 scores[r], embeds[r] = s[j].astype(np.float32), e[j].astype(np.float32)
                 probs[r] = pr[j] if pr is not None else None
         return self._columns(batch, scores, embeds, probs, reasons, details)
 
     def _forward(self, x):
-        from djray.models.dino import forward_dino
-
-        return forward_dino(self.model, x, precision=self.params.precision)
+        return forward_dino(self.model, x, precision=self.precision)
 
     def _columns(self, batch, scores, embeds, probs, reasons, details) -> dict[str, Any]:
         p, n = self.params, batch.num_rows
@@ -189,6 +203,31 @@ class DinoPatchScorer(Op):
             out[S.REJECT_REASON] = reasons
             out[S.REJECT_DETAIL] = details
         return out
+
+
+def forward_dino(model, x, precision: str):
+    from djray.models.dino import forward_dino as forward
+
+    return forward(model, x, precision=precision)
+
+
+def model_device(num_gpus: float | None, section: str) -> str:
+    """"cuda" when the actor holds a GPU (or, unresolved, when one is visible), else "cpu"."""
+    import torch
+
+    if num_gpus is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if num_gpus > 0 and not torch.cuda.is_available():
+        log.warning("%s.resources.num_gpus=%s but no CUDA device is visible; running on CPU", section, num_gpus)
+        return "cpu"
+    return "cuda" if num_gpus > 0 else "cpu"
+
+
+def even_chunks(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """`rows` in ceil(n / batch_size) forwards of near-equal size: 201 rows at 64 → 51/50/50/50, not 64/64/64/9."""
+    if rows.size == 0:
+        return []
+    return np.array_split(rows, -(-rows.size // batch_size))
 
 
 def pixels_array(col: pa.Array | pa.ChunkedArray, image_size: int) -> np.ndarray:

@@ -35,9 +35,13 @@ def patch_size_from_name(model: str) -> int | None:
 
 
 class VisionResources(Params):
-    num_gpus: float = Field(0.0, ge=0)  # per actor
-    num_cpus: float = Field(1.0, gt=0)  # per actor
-    pool_size: int = Field(1, ge=1)  # actors in the pool
+    """Per model actor; a key left out (null) is resolved once Ray is up (`djray.runtime.resources`): no GPU → one
+    actor per core, one torch thread each, one CPU kept for the read/decode tasks; GPUs → one actor per GPU."""
+
+    num_gpus: float | None = Field(None, ge=0)  # per actor
+    num_cpus: float | None = Field(None, gt=0)  # per actor (a scheduling token: Ray's CPU count)
+    pool_size: int | None = Field(None, ge=1)  # actors in the pool
+    threads: int | None = Field(None, ge=1)  # torch threads per actor
 
 
 class HeadParams(Params):
@@ -79,7 +83,7 @@ class VisionParams(Params):
     strategy: Literal["topk", "uniform", "stratified", "mix"] = "topk"
     ratio: float = Field(0.5, gt=0.0, le=1.0)
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: djray.models.precision
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
     resources: VisionResources = Field(VisionResources(), json_schema_extra=RUNTIME)
     head: HeadParams = HeadParams()

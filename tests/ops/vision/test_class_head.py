@@ -91,7 +91,7 @@ def test_dino_linear_matches_numpy(tmp_path, labels_file, protocol, prob):
         bias[[0, 2, 5, 7, 8, 9]] = -8.0
     path = tmp_path / "dino_linearweights.pth"
     save_linear(path, weight, bias)
-    params = VisionParams(model="test_vit", weights="random", image_size=160,
+    params = VisionParams(model="test_vit", weights="random", image_size=160, precision="fp32",
                           head={"kind": "dino_linear", "weights": f"file:{path}", "labels": labels_file,
                                 "prob": prob, "top_k": 4, "threshold": 0.7})
     op = DinoPatchScorer(params)

@@ -158,7 +158,8 @@ def run(params: VisionParams, images, rejected=(), perturbed: bool = True):
      ("vit_small_patch14_reg4_dinov2", 224)],  # the last one: 4 register tokens, no_embed_class, layer scale
 )
 def test_scores_match_float64_reference(model, size):
-    params = VisionParams(model=model, weights="random", image_size=size, aggregation="mean_logit", seed=3)
+    params = VisionParams(model=model, weights="random", image_size=size, aggregation="mean_logit", seed=3,
+                          precision="fp32")
     images = make_images(1 if "small" in model else 2, size, seed=size)
     op, batch, out = run(params, images)
     g = size // op.backbone["patch_size"]
@@ -184,7 +185,8 @@ def test_scores_match_float64_reference(model, size):
 
 @pytest.mark.parametrize("aggregation", ["mean_prob", "mean_logit", "max_prob", "head:0", "head:1"])
 def test_aggregation_modes(aggregation):
-    params = VisionParams(model="test_vit", weights="random", image_size=160, aggregation=aggregation, ratio=0.3)
+    params = VisionParams(model="test_vit", weights="random", image_size=160, aggregation=aggregation, ratio=0.3,
+                          precision="fp32")
     images = make_images(3, 160, seed=7)
     op, _, out = run(params, images)
     for i, img in enumerate(images):
@@ -244,7 +246,8 @@ def test_fp16_on_cpu_is_a_clear_error():
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_half_precision_close_to_cpu_fp32(precision):
     images = make_images(4, 224, seed=2)
-    ref = run(VisionParams(weights="random", head={"kind": "dino_linear", "weights": "random"}), images)[2]
+    ref = run(VisionParams(weights="random", precision="fp32", head={"kind": "dino_linear", "weights": "random"}),
+              images)[2]
     params = VisionParams(weights="random", precision=precision, resources={"num_gpus": 1},
                           head={"kind": "dino_linear", "weights": "random"})
     op, _, out = run(params, images)

@@ -1,0 +1,68 @@
+"""`precision: auto` — the autocast precision of a model actor, chosen on the machine it runs on.
+
+* CUDA: bf16 (tensor cores; scores, softmax and the embedding stay fp32 where the op asks for it).
+* CPU with AMX (`amx_bf16` in /proc/cpuinfo): bf16, no probe. Measured on such a Xeon: the ViT-S/16 op 2.9x faster
+  in bf16 than in fp32 (benchmarks/RESULTS.md).
+* any other CPU, `avx512_bf16` without AMX included: a short probe at actor set-up — a warm-up, then two batches of
+  the real model in fp32 and in bf16; the faster wins. On AVX-512-BF16 CPUs without AMX this project has measured
+  bf16 both 2.7x faster and 1.5x slower than fp32 (different machines, different torch builds): only a measurement
+  on the machine at hand says which.
+
+Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
+returned for the manifest's model record (`precision`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+NATIVE_BF16_FLAGS = ("amx_bf16",)  # bf16 matrix units: bf16 without a probe
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags of this machine (empty where /proc/cpuinfo is unavailable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def probe(run: Callable[[str], Any], batches: int = 2) -> dict[str, float]:
+    """Seconds per call of `run(precision)` for fp32 and bf16, after one warm-up call each (best of `batches`)."""
+    out: dict[str, float] = {}
+    for precision in ("fp32", "bf16"):
+        run(precision)
+        times = []
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            run(precision)
+            times.append(time.perf_counter() - t0)
+        out[precision] = min(times)
+    return out
+
+
+def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | None = None,
+                      flags: set[str] | None = None) -> dict[str, Any]:
+    """{"requested", "chosen", "why"[, "probe_s"]}: `requested` unless it is "auto"; `run(precision)` runs one batch
+    of the real model (needed only on a CPU without native bf16)."""
+    if requested != "auto":
+        return {"requested": requested, "chosen": requested, "why": "set in the config"}
+    if device == "cuda":
+        return {"requested": "auto", "chosen": "bf16", "why": "CUDA device"}
+    flags = cpu_flags() if flags is None else flags
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if native:
+        return {"requested": "auto", "chosen": "bf16", "why": f"CPU has bf16 matrix units ({', '.join(native)})"}
+    if run is None:
+        return {"requested": "auto", "chosen": "fp32", "why": "CPU without AMX, no probe possible"}
+    seconds = probe(run)
+    chosen = "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32"
+    return {"requested": "auto", "chosen": chosen, "probe_s": seconds,
+            "why": f"CPU without AMX; probe: fp32 {seconds['fp32']:.3f}s, bf16 {seconds['bf16']:.3f}s "
+                   "per batch"}

@@ -1,0 +1,59 @@
+"""`precision: auto` (djray/models/precision.py): bf16 on CUDA and on CPUs with AMX, else measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from djray.models.precision import cpu_flags, resolve_precision
+
+
+def test_set_precisions_are_kept():
+    for p in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(p, "cpu", flags=set())["chosen"] == p
+
+
+def test_cuda_and_amx_cpus_choose_bf16_without_a_probe():
+    def never(precision):
+        raise AssertionError("no probe expected")
+
+    assert resolve_precision("auto", "cuda", never)["chosen"] == "bf16"
+    rec = resolve_precision("auto", "cpu", never, flags={"avx2", "amx_bf16"})
+    assert rec["chosen"] == "bf16" and "amx_bf16" in rec["why"]
+
+
+def test_other_cpus_are_probed_and_the_faster_precision_wins():
+    calls = []
+    rec = resolve_precision("auto", "cpu", calls.append, flags={"avx2", "avx512_bf16"})  # no AMX: measured
+    assert set(calls) == {"fp32", "bf16"} and len(calls) == 6  # a warm-up and two timed batches each
+    s = rec["probe_s"]
+    assert rec["chosen"] == ("bf16" if s["bf16"] < s["fp32"] else "fp32") and "probe" in rec["why"]
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(str(f)) == {"fpu", "sse", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_the_vision_op_records_precision_and_threads():
+    from djray._compat import patch_torchvision
+
+    patch_torchvision()
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from djray.ops.base import Resources
+    from djray.ops.vision.dino_patch import DinoPatchScorer
+    from djray.ops.vision.params import VisionParams
+
+    before = torch.get_num_threads()
+    try:
+        op = DinoPatchScorer(VisionParams(model="test_vit", weights="random", image_size=160),
+                             Resources(num_cpus=0.5, num_gpus=0, pool_size=1, batch_size=4, threads=1))
+        op.setup()
+        rec = op.describe()
+        assert torch.get_num_threads() == 1 and rec["threads"] == 1 and rec["resources"]["threads"] == 1
+        assert rec["precision"]["requested"] == "auto" and rec["precision"]["chosen"] in ("fp32", "bf16")
+        assert op.precision == rec["precision"]["chosen"] and rec["precision"]["why"]
+    finally:
+        torch.set_num_threads(before)
