@@ -22,3 +22,13 @@ def write_caption_shards(out: str, captions: list[str], shards: int = 2) -> None
                     info = tarfile.TarInfo(f"{s:05d}{i:04d}.{ext}")
                     info.size = len(data)
                     tf.addfile(info, io.BytesIO(data))
+
+
+def read_tar_samples(shard) -> dict[str, dict[str, bytes]]:
+    """A WebDataset tar's samples in file order, {key: {extension: bytes}} (what the bare loops read)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(shard, "r|") as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples

@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from bench_corpus import read_tar_samples  # noqa: E402
 
 BATCH = 10
 DINO = {"model": "vit_small_patch16_224.dino", "weights": "random", "precision": "fp32", "batch_size": BATCH}
@@ -55,11 +55,7 @@ def bare_loop(corpus: Path, out: Path, fraction: float) -> dict:
     setup = time.perf_counter() - t0
     rows: list[dict] = []
     for shard in sorted(corpus.glob("*.tar")):
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard, "r|") as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        samples = read_tar_samples(shard)
         good = []
         for index, (key, v) in enumerate(samples.items()):
             image = v.get("jpg") or v.get("png") or v.get("webp")

@@ -17,39 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from probes import PeakBytes
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-class PeakBytes:
-    """Largest total size of the files under a directory, polled every 0.1 s."""
-
-    def __init__(self, root: Path):
-        self.root, self.peak, self._stop = root, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakBytes:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            for dirpath, _, files in os.walk(self.root):
-                for f in files:
-                    try:
-                        total += os.path.getsize(os.path.join(dirpath, f))
-                    except OSError:
-                        pass
-            self.peak = max(self.peak, total)
-            self._stop.wait(0.1)
 
 
 RUN = ("import resource, sys; from djray.cli import main; rc = main(['run', sys.argv[1], '--no-progress']); "

@@ -18,48 +18,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from probes import WorkerRss
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROWS_PER_SHARD = 1000
-
-
-class WorkerRss:
-    """Peak RSS of Ray worker processes (cmdline starting with 'ray::'), sampled from /proc."""
-
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.peak_kb, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> WorkerRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        if not f.read(5).startswith(b"ray::"):
-                            continue
-                    with open(f"/proc/{pid}/status") as f:
-                        for line in f:
-                            if line.startswith("VmRSS:"):
-                                self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-                except OSError:
-                    continue
-            self._stop.wait(self.interval)
 
 
 def phase_b(root: str, shards: int) -> dict:
@@ -86,7 +54,7 @@ def phase_b(root: str, shards: int) -> dict:
         wall = time.perf_counter() - t0
     ray.shutdown()
     return {"wall_s": wall, "ray_init_s": init_s, "driver_peak_rss_mb": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024, "task_peak_rss_mb": workers.peak_kb / 1024,
+        resource.RUSAGE_SELF).ru_maxrss / 1024, "task_peak_rss_mb": workers.peak / 1024,
         "steps": [{k: r[k] for k in ("op", "rows_in", "dropped", "tasks")} for r in records]}
 
 

@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from bench_corpus import read_tar_samples  # noqa: E402
 
 
 def bare_loop(corpus: Path, out: Path, max_pixels: int = 89_478_485, min_side: int = 32) -> int:
@@ -32,11 +32,7 @@ def bare_loop(corpus: Path, out: Path, max_pixels: int = 89_478_485, min_side: i
     out.mkdir(parents=True, exist_ok=True)
     rows = 0
     for shard in sorted(corpus.glob("*.tar")):
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard, "r|") as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        samples = read_tar_samples(shard)
         kept = []
         for index, (key, members) in enumerate(samples.items()):
             rows += 1

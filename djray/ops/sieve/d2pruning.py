@@ -20,7 +20,6 @@ n = round-half-up(keep_fraction · pool). Publishes `d2_score` (s' after the for
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -127,7 +126,7 @@ def reverse_select(score: np.ndarray, nbr: np.ndarray, dist: np.ndarray, gamma: 
     return picked
 
 
-class D2PruningSieve(GroupSieve):
+class D2PruningSieve(K.KMeansFit, GroupSieve):
     name: ClassVar[str] = "d2pruning"
     Params: ClassVar[type[D2PruningParams]] = D2PruningParams
     reason: ClassVar[str] = S.Reason.D2_NOT_SELECTED
@@ -141,20 +140,13 @@ class D2PruningSieve(GroupSieve):
         self.fit_rows = "sample" if cluster else "none"
         self.reads = tuple(dict.fromkeys((*FEATURES[params.features], S.CLIP_SCORE)
                                          + ((params.column,) if cluster else ())))
-        self.centroids: np.ndarray | None = None
         self.quota: dict[int, int] = {}
         self.ivfpq_groups = 0
-
-    def sample_size(self, pool: int) -> int:
-        return self.params.training_rows(pool)
-
-    def fit(self, rows: Iterable[pa.Table]) -> None:
-        self.centroids = K.fit_centroids(rows, self.params)
 
     def group(self, rows: pa.Table) -> np.ndarray:
         if self.params.partition == "none":
             return np.zeros(rows.num_rows, np.int64)
-        return K.assign(K.unit_rows(rows, self.params.column), self.centroids)[0]
+        return self.assign_rows(rows)[0]
 
     def plan(self, sizes: dict[int, int]) -> None:
         largest = max(sizes.values(), default=0)

@@ -147,7 +147,7 @@ def online_gains(img: np.ndarray, txt: np.ndarray, k: int, hnsw: HnswParams) -> 
     return gains
 
 
-class InfoGrowthGain(GroupSieve):
+class InfoGrowthGain(K.KMeansFit, GroupSieve):
     name: ClassVar[str] = "infogrowth"
     Params: ClassVar[type[GainParams]] = GainParams
     writes: ClassVar[tuple[str, ...]] = (GAIN_RAW,)
@@ -160,18 +160,11 @@ class InfoGrowthGain(GroupSieve):
         self.fit_rows = "sample" if cluster else "none"
         self.reads = tuple(dict.fromkeys((S.CLIP_IMAGE_EMBEDDING, S.CLIP_TEXT_EMBEDDING)
                                          + ((params.column,) if cluster else ())))
-        self.centroids: np.ndarray | None = None
-
-    def sample_size(self, pool: int) -> int:
-        return self.params.training_rows(pool)
-
-    def fit(self, rows: Iterable[pa.Table]) -> None:
-        self.centroids = K.fit_centroids(rows, self.params)
 
     def group(self, rows: pa.Table) -> np.ndarray:
         if self.params.partition == "none":
             return np.zeros(rows.num_rows, np.int64)
-        return K.assign(K.unit_rows(rows, self.params.column), self.centroids)[0]
+        return self.assign_rows(rows)[0]
 
     def select(self, rows: pa.Table) -> Decision:
         order = gain_order(rows.column(S.KEY).to_pylist(), self.params.seed)
