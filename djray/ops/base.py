@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from djray import schema as S
 
@@ -38,6 +38,21 @@ class Params(BaseModel):
     """Base class for op parameters: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResourcesParams(Params):
+    """The one `resources:` block of every model section (vision, clip, text): per actor, kept apart from the op's
+    parameters (a RUNTIME field: it changes where a job runs, never what it writes). A key left out (null) is
+    resolved against the live cluster once Ray is up (`djray.runtime.resources`)."""
+
+    num_gpus: float | None = Field(None, ge=0)  # per actor
+    num_cpus: float | None = Field(None, gt=0)  # per actor (a scheduling token: Ray's CPU count)
+    pool_size: int | None = Field(None, ge=1)  # actors in the pool
+    threads: int | None = Field(None, ge=1)  # torch threads per actor
+
+    def for_op(self, batch_size: int | None) -> Resources:
+        return Resources(num_cpus=self.num_cpus, num_gpus=self.num_gpus, pool_size=self.pool_size,
+                         batch_size=batch_size, threads=self.threads)
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,10 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from djray.ops.base import RUNTIME, Params
+from djray.ops.base import RUNTIME, Params, ResourcesParams
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LLM_MODES = ("text_only", "rewrite")
-
-
-class TextResources(Params):
-    num_gpus: float = Field(0.0, ge=0)  # per actor
-    num_cpus: float = Field(1.0, gt=0)  # per actor
-    pool_size: int = Field(1, ge=1)  # actors in the pool
 
 
 class TextParams(Params):
@@ -52,7 +46,9 @@ class TextParams(Params):
     prompt: str | None = None
     max_new_tokens: int = Field(96, ge=1, le=4096)
     batch_size: int = Field(256, ge=1, json_schema_extra=RUNTIME)
-    resources: TextResources = Field(TextResources(), json_schema_extra=RUNTIME)
+    # one actor, one CPU unless set (an LLM engine on GPU: num_gpus: 1, pool_size: the GPUs to use)
+    resources: ResourcesParams = Field(ResourcesParams(num_gpus=0.0, num_cpus=1.0, pool_size=1),
+                                       json_schema_extra=RUNTIME)
     concurrency: int = Field(16, ge=1, le=1024, json_schema_extra=RUNTIME)
     timeout_s: float = Field(60.0, gt=0, json_schema_extra=RUNTIME)
     max_retries: int = Field(4, ge=0, le=20, json_schema_extra=RUNTIME)

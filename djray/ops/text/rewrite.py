@@ -80,8 +80,7 @@ class TextRewriteOp(Op):
                  engine_options: dict[str, Any] | None = None):
         params = params or TextParams(mode="text_only")
         r = params.resources
-        super().__init__(params, resources or Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                                                        pool_size=r.pool_size, batch_size=params.batch_size))
+        super().__init__(params, resources or r.for_op(params.batch_size))
         self.params: TextParams = params
         self.stateful = params.uses_engine  # an actor pool only when an LLM is loaded / a client pool is kept
         self.engine = engine  # a ready engine (tests, benchmarks); else built in setup()

@@ -25,19 +25,10 @@ from pydantic import Field, field_validator
 
 from djray import schema as S
 from djray.models import weights as W
-from djray.ops.base import RUNTIME, Op, Params, Resources, alive_mask
+from djray.ops.base import RUNTIME, Op, Params, ResourcesParams, alive_mask
 
 log = logging.getLogger(__name__)
 _TYPES = {f.name: f.type for f in S.CLIP_SIGNAL_FIELDS}
-
-
-class ClipResources(Params):
-    """As vision.resources: a key left out is resolved against the live cluster (djray.runtime.resources)."""
-
-    num_gpus: float | None = Field(None, ge=0)  # per actor
-    num_cpus: float | None = Field(None, gt=0)  # per actor
-    pool_size: int | None = Field(None, ge=1)  # actors in the pool
-    threads: int | None = Field(None, ge=1)  # torch threads per actor
 
 
 class ClipParams(Params):
@@ -45,7 +36,7 @@ class ClipParams(Params):
     weights: str = "hub"  # hub | hub:TAG | file:PATH | s3://bucket/key | random (as vision.weights)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # auto: as vision.precision
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
-    resources: ClipResources = Field(ClipResources(), json_schema_extra=RUNTIME)
+    resources: ResourcesParams = Field(ResourcesParams(), json_schema_extra=RUNTIME)  # as vision.resources
 
     @field_validator("weights")
     @classmethod
@@ -86,8 +77,7 @@ class ClipEmbedder(Op):
                  cache_dir: str | None = None):
         params = params or ClipParams()
         r = params.resources
-        super().__init__(params, Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, pool_size=r.pool_size,
-                                           batch_size=params.batch_size, threads=r.threads))
+        super().__init__(params, r.for_op(params.batch_size))
         self.precision = params.precision if params.precision != "auto" else "fp32"  # resolved in setup()
         self.precision_record: dict[str, Any] = {}
         self.params: ClipParams = params

@@ -69,8 +69,7 @@ class DinoPatchScorer(Op):
                  cache_dir: str | None = None):
         params = params or VisionParams()
         r = params.resources
-        super().__init__(params, resources or Resources(num_cpus=r.num_cpus, num_gpus=r.num_gpus, pool_size=r.pool_size,
-                                                        batch_size=params.batch_size, threads=r.threads))
+        super().__init__(params, resources or r.for_op(params.batch_size))
         self.params: VisionParams = params
         self.cache_dir = cache_dir
         self.model = None

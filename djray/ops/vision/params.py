@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from djray.models import weights as W
 from djray.labels import check_templates
-from djray.ops.base import RUNTIME, Params
+from djray.ops.base import RUNTIME, Params, ResourcesParams
 
 AGGREGATION_RE = re.compile(r"^(mean_prob|mean_logit|max_prob|head:\d+)$")
 DEFAULT_TEMPLATES = (
@@ -32,16 +32,6 @@ def patch_size_from_name(model: str) -> int | None:
     """The patch size encoded in a timm model name (``vit_small_patch16_224.dino`` → 16), or None."""
     m = re.search(r"patch(\d+)", model)
     return int(m.group(1)) if m else None
-
-
-class VisionResources(Params):
-    """Per model actor; a key left out (null) is resolved once Ray is up (`djray.runtime.resources`): no GPU → one
-    actor per core, one torch thread each, one CPU kept for the read/decode tasks; GPUs → one actor per GPU."""
-
-    num_gpus: float | None = Field(None, ge=0)  # per actor
-    num_cpus: float | None = Field(None, gt=0)  # per actor (a scheduling token: Ray's CPU count)
-    pool_size: int | None = Field(None, ge=1)  # actors in the pool
-    threads: int | None = Field(None, ge=1)  # torch threads per actor
 
 
 class HeadParams(Params):
@@ -85,7 +75,8 @@ class VisionParams(Params):
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: djray.models.precision
     batch_size: int = Field(64, ge=1, json_schema_extra=RUNTIME)
-    resources: VisionResources = Field(VisionResources(), json_schema_extra=RUNTIME)
+    resources: ResourcesParams = Field(ResourcesParams(), json_schema_extra=RUNTIME)  # null keys: no GPU → one
+    # actor per core, one torch thread each, one CPU kept for the read/decode tasks; GPUs → one actor per GPU
     head: HeadParams = HeadParams()
     strata: int = Field(4, ge=1)  # stratified: number of equal-count score strata
     mix_alpha: float = Field(0.5, ge=0.0, le=1.0)  # mix: fraction of k taken from the top scores
