@@ -46,7 +46,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
     started = time.time()
     ensure_ray(cfg)
     for line in resolve_phases([plan.ops, plan.kept_ops], live_cluster(attached_to_cluster(cfg))):
-        log(line)
+        log(f"[resources] {line}")
     _claim_output(plan)
     clock = PhaseClock()
     rows = 0

@@ -437,4 +437,4 @@ def test_actor_pools_that_hold_every_cpu_token_still_run(ray_cluster, tmp_path):
     assert manifest["status"] == "complete" and manifest["rows_in"] == 4
     r = manifest["models"]["vision"]["resources"]
     assert r["pool_size"] == 1 and r["num_cpus"] <= 3 and r["threads"] == 4
-    assert any(n.startswith("vision: 1 actor(s)") for n in notes), notes
+    assert any(n.startswith("[resources] vision: 1 actor(s)") for n in notes), notes

@@ -80,8 +80,10 @@ def test_run_prints_only_djray_lines(ray_cluster, job):
     r = _djray("run", str(config), address=ray_cluster)
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip(), "progress lines expected"
-    for line in r.stderr.splitlines():
-        assert line.split(" ", 1)[0] in ("[govern]", "[select]", "[write]"), line
+    lines = r.stderr.splitlines()
+    for line in lines:
+        assert line.split(" ", 1)[0] in ("[resources]", "[govern]", "[select]", "[write]"), line
+    assert any(line.startswith("[resources] vision: ") for line in lines)  # what the model pool got, and why
     assert r.stdout.startswith("djray 0.1.0: complete (2/2 shards)")
     logs = list((out / "_djray" / "logs").glob("ray-*.log"))
     assert len(logs) == 1 and "core_worker.cc" in logs[0].read_text()  # Ray's output is kept, not lost
