@@ -70,7 +70,6 @@ def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: C
             widths = column_bytes() if widths is None else widths
             width = 64 + sum(widths.get(c, 16) for c in sieve.reads)
             record = _run_step(ctx, step, sieve, pool, width, cpus)
-            record.setdefault("describe", sieve.describe())  # the fitted / planned sieve's, when the step has one
             record.update(op=step.op, step=step.name, params=p.model_dump(mode="json"))
             iofs.write_json(fs, marker_path, record)
             log(f"[select] {step.name}: {record['dropped']:,} of {record['rows_in']:,} rows dropped")
@@ -166,8 +165,10 @@ def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int
                                                                        *[m[p] for m in mapped])
                for p in range(parts)]
     dropped = sum(ray.get([r[-1] for r in reduced]))
-    files = sum(ray.get([_write.options(**retry).remote(ctx_ref, step, *[r[q] for r in reduced]) for q in range(writers)]))
-    return {"describe": ray.get(sieve_ref).describe(), "rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
+    files = sum(ray.get([_write.options(**retry).remote(ctx_ref, step, *[r[q] for r in reduced])
+                         for q in range(writers)]))
+    return {"describe": ray.get(sieve_ref).describe(),  # the fitted and planned sieve's, not the driver's copy
+            "rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped, "files": files,
             "tasks": {"map": len(chunks), "reduce": parts, "write": writers}}
 
 

@@ -25,7 +25,6 @@ from djray.runtime.ray_data import kept_rows_plan, staging_plan
 from djray.runtime.signals import seal_shards_at
 
 
-
 def consume(ds: ray.data.Dataset, todo: list[str], on_complete: Callable[[str, int], None], bar: Progress) -> int:
     """Count staged rows per shard; call `on_complete(shard, rows)` once a shard's rows are all staged."""
     batches = iter(ds.iter_batches(batch_format="pyarrow", batch_size=None))
