@@ -111,8 +111,8 @@ class DinoPatchScorer(Op):
         import torch
 
         size = self.params.image_size
-        x = torch.rand(min(self.params.batch_size, 16), 3, size, size, device=self.device)
-        out = forward_dino(self.model, x, precision=precision)
+        self.precision = precision
+        out = self._forward(torch.rand(min(self.params.batch_size, 16), 3, size, size, device=self.device))
         aggregate_heads(out.cls_logits, out.num_prefix_tokens, self.params.aggregation)
 
     def describe(self) -> dict[str, Any]:
@@ -164,6 +164,8 @@ class DinoPatchScorer(Op):
         return self._columns(batch, scores, embeds, probs, reasons, details)
 
     def _forward(self, x):
+        from djray.models.dino import forward_dino
+
         return forward_dino(self.model, x, precision=self.precision)
 
     def _columns(self, batch, scores, embeds, probs, reasons, details) -> dict[str, Any]:
@@ -202,12 +204,6 @@ class DinoPatchScorer(Op):
             out[S.REJECT_REASON] = reasons
             out[S.REJECT_DETAIL] = details
         return out
-
-
-def forward_dino(model, x, precision: str):
-    from djray.models.dino import forward_dino as forward
-
-    return forward(model, x, precision=precision)
 
 
 def model_device(num_gpus: float | None, section: str) -> str:
