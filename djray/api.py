@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from djray.config import ConfigError, JobConfig, parse_config, read_yaml
+from djray.config import ConfigError, JobConfig, parse_config, read_yaml, set_dotted
 
 ConfigLike = str | Path | dict[str, Any] | JobConfig
 
@@ -97,24 +97,9 @@ def load(config: ConfigLike, **overrides: Any) -> JobConfig:
     for key, value in overrides.items():
         if not isinstance(raw, dict):
             break  # parse_config reports the top-level problem
-        set_dotted(raw, key.replace("__", "."), value)
+        dotted = key.replace("__", ".")
+        set_dotted(raw, dotted, value, f"override {dotted}")
     return parse_config(raw)
-
-
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """`raw[a][b][c] = value` for `dotted` = "a.b.c", creating sections on the way (as `--set` does)."""
-    parts = dotted.split(".")
-    if not all(parts):
-        raise ConfigError(f"override {dotted!r}: empty key component")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:  # absent, or a section left empty (`vision:`)
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
 
 
 def validate(config: ConfigLike, **overrides: Any) -> Validation:

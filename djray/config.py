@@ -143,17 +143,14 @@ class JobConfig(Section):
     def cross_check(self) -> None:
         """Checks across sections: a sieve reading CLIP or DINO signals needs the section that computes them."""
         for i, s in enumerate(self.sieve):
+            if s.op in CLIP_SIEVES and self.clip is None:
+                raise ConfigError(f"sieve.{i}.{s.op}: reads clip_score, which needs a `clip:` section")
             if s.op in EMBEDDING_SIEVES:
                 section = "vision" if s.embedding == "dino" else "clip"
                 if getattr(self, section) is None:
                     column = "vis_embedding" if section == "vision" else "clip_image_embedding"
                     raise ConfigError(f"sieve.{i}.{s.op}.embedding: {s.embedding} reads {column}, which needs a "
                                       f"`{section}:` section")
-            if s.op in ("d2pruning", "infogrowth", "tldr") and s.embedding == "dino" and self.vision is None:
-                raise ConfigError(f"sieve.{i}.{s.op}.embedding: dino reads vis_embedding, which needs a `vision:` "
-                                  "section")
-            if s.op in CLIP_SIEVES and self.clip is None:
-                raise ConfigError(f"sieve.{i}.{s.op}: reads clip_score, which needs a `clip:` section")
             if s.op == "vas" and s.target.kind == "reference" and s.target.model != self.clip.model:
                 raise ConfigError(f"sieve.{i}.vas.target.model: {s.target.model} is not the job's clip.model "
                                   f"{self.clip.model} (an S from another CLIP model is meaningless)")
@@ -212,20 +209,30 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
         dotted, value = item.split("=", 1)
-        parts = [p for p in dotted.strip().split(".")]
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty key component")
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {'.'.join(parts[: i + 1])} is not a section")
-            node = child
+        dotted = dotted.strip()
         try:
-            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+            parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {dotted}: value is not valid YAML: {e}") from None
+        set_dotted(raw, dotted, parsed, f"--set {dotted}")
     return raw
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    """`raw[a][b][c] = value` for `dotted` = "a.b.c", creating sections on the way (also where a section was left
+    empty, `vision:`); `where` starts the error message (`--set KEY`, `override KEY`)."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: empty key component")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def _format_errors(err: ValidationError) -> str:

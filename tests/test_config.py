@@ -59,6 +59,11 @@ def test_bad_override(bad):
         apply_overrides({}, [bad])
 
 
+def test_override_fills_a_section_left_empty():
+    raw = apply_overrides({"vision": None}, ["vision.weights=random"])  # YAML `vision:` with nothing under it
+    assert raw["vision"] == {"weights": "random"}
+
+
 def test_override_into_scalar_is_an_error():
     with pytest.raises(ConfigError, match="input.path is not a section"):
         apply_overrides({"input": {"path": "x"}}, ["input.path.sub=1"])

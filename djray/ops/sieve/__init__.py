@@ -40,7 +40,7 @@ _BY_PARAMS: dict[type[SieveParams], type[Sieve]] = {cls.Params: cls for cls in _
 
 SieveSpec = Annotated[Union[_USER], Field(discriminator="op")]
 
-EMBEDDING_SIEVES = ("cluster", "semdedup", "d4")  # sieves with `embedding: dino | clip_image`
+EMBEDDING_SIEVES = ("cluster", "semdedup", "d4", "d2pruning", "infogrowth", "tldr")  # `embedding: dino | clip_image`
 CLIP_SIEVES = ("clip_score", "vas", "d2pruning", "infogrowth", "tldr")  # sieves that read the `clip:` signals
 
 
