@@ -71,10 +71,20 @@ class OpUDF:
     @classmethod
     def map_batches_kwargs(cls) -> dict[str, Any]:
         """Suggested `ds.map_batches` keywords: pyarrow batches, the section's batch size and resources, an actor
-        pool for a model op."""
+        pool for a model op. Resource keys the section leaves out are resolved against the running Ray cluster as
+        `djray run` resolves them (djray/runtime/resources.py; Ray is started here if nothing has started it yet,
+        as Ray Data would on first use)."""
         import ray
 
         r = cls.resources
+        if cls.stateful:
+            from djray.runtime.resources import TASK_CPUS, live_cluster, resolve
+
+            if not ray.is_initialized():
+                ray.init()
+            op = build_ops(cls.op_name, cls.section, cls.crops)[-1]
+            cluster = live_cluster(attached=True)
+            r = resolve(op, cluster, cluster.cpus - TASK_CPUS)
         kwargs: dict[str, Any] = {"batch_format": "pyarrow", "num_cpus": r.num_cpus}
         if r.num_gpus:
             kwargs["num_gpus"] = r.num_gpus

@@ -107,7 +107,7 @@ def test_in_process_decode_then_rewrite_keeps_rejects():
     assert not {S.REJECT_REASON, S.KEY, S.SRC_INDEX, S.CAPTION_INVALID_UTF8} & set(out.column_names)
 
 
-def test_resources_and_map_batches_kwargs_follow_the_section():
+def test_resources_and_map_batches_kwargs_follow_the_section(ray_cluster):
     import ray
 
     dino = djray.udf("dino_patch", weights="random", batch_size=16,
@@ -118,6 +118,13 @@ def test_resources_and_map_batches_kwargs_follow_the_section():
     assert kw["batch_format"] == "pyarrow" and kw["num_gpus"] == 1 and kw["batch_size"] == 16
     assert isinstance(kw["compute"], ray.data.ActorPoolStrategy) and kw["compute"].max_size == 3
     assert djray.udf("decode").map_batches_kwargs()["batch_size"] is None
+
+    # keys left out are resolved against the live cluster, as `djray run` resolves them (no GPU here)
+    kw = djray.udf("dino_patch", weights="random").map_batches_kwargs()
+    cpus = ray.cluster_resources()["CPU"]
+    size = kw["compute"].max_size
+    assert kw["compute"].min_size == size and size >= 1 and "num_gpus" not in kw
+    assert 0 < kw["num_cpus"] * size <= cpus - 1  # one CPU left for the read / decode tasks
 
 
 @pytest.mark.parametrize("name, params, message", [
