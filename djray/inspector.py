@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 
 from djray import schema as S
 from djray.io import fs as iofs
+from djray.runtime.layout import Layout
 
 KEPT, DROPPED = "#", "."
 
@@ -23,8 +24,9 @@ def find_row(output: str, key: str, shard: str | None = None,
              storage: iofs.Storage | None = None) -> tuple[str, dict[str, Any]] | None:
     """("data" | "rejects", row without the image bytes) for `key`, or None when neither holds it."""
     fs, root = iofs.resolve(output, storage or iofs.Storage())
+    layout = Layout(root)
     for kind in ("data", "rejects"):
-        where = f"{root}/{kind}" + (f"/{shard.rsplit('.', 1)[0]}.parquet" if shard else "")
+        where = getattr(layout, kind)(shard) if shard else f"{root}/{kind}"  # the shard's file, named as written
         try:
             dataset = pads.dataset(where, format="parquet", filesystem=fs)
         except (FileNotFoundError, OSError):

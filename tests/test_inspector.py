@@ -70,3 +70,14 @@ def test_unknown_key_and_bad_output(out, tmp_path):
     assert r.returncode == 1 and "no row with key 'nope'" in r.stderr
     r = _djray("inspect", "gs://bucket/out", "--key", "k")
     assert r.returncode == 2 and "unsupported URI scheme" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shard_names_the_file_as_the_writer_does(tmp_path):
+    """`--shard dir/a.tar.gz` reads data/dir/a.parquet (the whole archive suffix goes, as in the output layout)."""
+    import pyarrow as pa
+
+    (tmp_path / "data" / "dir").mkdir(parents=True)
+    pq.write_table(pa.table({S.KEY: ["k1"], S.SRC_SHARD: ["dir/a.tar.gz"], S.SRC_INDEX: [0]}),
+                   tmp_path / "data" / "dir" / "a.parquet")
+    kind, row = find_row(str(tmp_path), "k1", shard="dir/a.tar.gz")
+    assert kind == "data" and row[S.SRC_INDEX] == 0
