@@ -171,15 +171,16 @@ def _samples(out: Output, n: int) -> str:
     note = ("Left: the canonical crop the scorer saw; greyed patches are the ones governance dropped. "
             if out.has("data", S.PATCH_IDX) else "No vision columns: the original image. ")
     note += "Caption: words removed in red, added in green."
-    cards = "".join(R.sample_card(r, _picture(r, _max_pixels(out))) for r in rows)
+    limit = _max_pixels(out)
+    cards = "".join(R.sample_card(r, _picture(r, limit)) for r in rows)
     return f'<p class="meta">{R.escape(note)}</p><div class="cards">{cards}</div>'
 
 
 def _rejects(out: Output, per_reason: int) -> str:
-    blocks = []
+    blocks, limit = [], _max_pixels(out)
     for ex in reject_examples(out, per_reason):
-        pics = [P.thumbnail(r.get(S.IMAGE), _max_pixels(out)) for r in ex.rows]
-        twins = [P.thumbnail(t[1].get(S.IMAGE), _max_pixels(out)) if t else None for t in ex.twins]
+        pics = [P.thumbnail(r.get(S.IMAGE), limit) for r in ex.rows]
+        twins = [P.thumbnail(t[1].get(S.IMAGE), limit) if t else None for t in ex.twins]
         blocks.append(R.reject_block(ex, pics, twins))
     return "".join(blocks) if blocks else R.muted("no rejected rows")
 

@@ -92,12 +92,12 @@ def _cluster_columns(out: Output) -> list[str]:
 
 
 def _real_columns(out: Output) -> list[str]:
-    """clip_score and every real-valued column a sieve published (cos_to_centroid, *_max_sim, gain, ...)."""
+    """clip_score and every real-valued column a sieve published (cos_to_centroid, *_max_sim, vas, gain, ...)."""
     names = out.column_names("signals")
     schema_types = {c: S.column_type(c) for c in names}
     skip = {S.SRC_INDEX, S.IMG_WIDTH, S.IMG_HEIGHT, S.PATCH_SIZE, S.GRID_H, S.GRID_W}
     return [c for c in names if c not in skip and not c.endswith("cluster_id")
-            and (c == S.CLIP_SCORE or c in S.PUBLISHED_FIELDS or c == "gain")
+            and (c == S.CLIP_SCORE or c in S.PUBLISHED_FIELDS)
             and (schema_types[c] is None or pa.types.is_floating(schema_types[c]))]
 
 
