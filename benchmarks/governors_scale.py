@@ -84,9 +84,9 @@ def _child(kind: str, n: int, d: int, q) -> None:
 def _agreement(table: pa.Table, got: np.ndarray, params) -> float:
     """Share of rows whose HNSW gain equals the gain from an exact kNN over the same order (blocked brute force)."""
     from djray.ops.sieve import kmeans as K
-    from djray.ops.sieve.infogrowth import gain_order
+    from djray.ops.sieve.base import hash_order
 
-    order = gain_order(table.column(S.KEY).to_pylist(), params.seed)
+    order = hash_order(params.seed, table.column(S.KEY).to_pylist())
     xs = [K.unit_rows(table, c)[order].astype(np.float32) for c in (S.CLIP_IMAGE_EMBEDDING, S.CLIP_TEXT_EMBEDDING)]
     n, k = len(order), params.k
     exact = np.ones(n)

@@ -155,6 +155,13 @@ def stable_hash64(seed: int, values: Iterable[str]) -> np.ndarray:
          for v in values), dtype=np.uint64)
 
 
+def hash_order(seed: int, keys: list[str]) -> np.ndarray:
+    """Positions in (blake2b(seed, key), key) ascending order: one fixed order whatever the blocks, workers or
+    shard order."""
+    table = pa.table({"u": pa.array(stable_hash64(seed, keys), pa.uint64()), "k": pa.array(keys, pa.string())})
+    return pc.sort_indices(table, sort_keys=[("u", "ascending"), ("k", "ascending")]).to_numpy()
+
+
 def bucket_of(values: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
     """int64 bucket in [0, buckets) of each string, from a stable hash: equal strings share a bucket."""
     return (stable_hash64(0, values.to_pylist()) % np.uint64(buckets)).astype(np.int64)

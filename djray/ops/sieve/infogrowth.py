@@ -31,8 +31,7 @@ from pydantic import Field, model_validator
 from djray import schema as S
 from djray.ops.base import Params
 from djray.ops.sieve import kmeans as K
-from djray.ops.sieve.base import GROUP, Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, keep_count, \
-    stable_hash64
+from djray.ops.sieve.base import Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, hash_order, keep_count
 
 GAIN_RAW = "gain_raw"
 
@@ -114,12 +113,6 @@ class InfoGrowthClean(RankSieve):
                 "delta": self.params.align_threshold}
 
 
-def gain_order(keys: list[str], seed: int) -> np.ndarray:
-    """Positions in processing order: u = blake2b(seed, key) ascending, then key."""
-    table = pa.table({"u": pa.array(stable_hash64(seed, keys), pa.uint64()), "k": pa.array(keys, pa.string())})
-    return pc.sort_indices(table, sort_keys=[("u", "ascending"), ("k", "ascending")]).to_numpy()
-
-
 def online_gains(img: np.ndarray, txt: np.ndarray, k: int, hnsw: HnswParams) -> np.ndarray:
     """Raw gain of each row (rows in processing order), each against the rows before it (hnswlib, one thread)."""
     import hnswlib
@@ -167,7 +160,7 @@ class InfoGrowthGain(K.KMeansFit, GroupSieve):
         return self.assign_rows(rows)[0]
 
     def select(self, rows: pa.Table) -> Decision:
-        order = gain_order(rows.column(S.KEY).to_pylist(), self.params.seed)
+        order = hash_order(self.params.seed, rows.column(S.KEY).to_pylist())  # processing order
         ordered = rows.take(pa.array(order))
         raw = online_gains(K.unit_rows(ordered, S.CLIP_IMAGE_EMBEDDING), K.unit_rows(ordered, S.CLIP_TEXT_EMBEDDING),
                            self.params.k, self.params.hnsw)

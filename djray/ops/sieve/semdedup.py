@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 
 from djray import schema as S
 from djray.ops.sieve import kmeans as K
-from djray.ops.sieve.base import GROUP, Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, keep_count, \
-    stable_hash64
+from djray.ops.sieve.base import GROUP, Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, hash_order, \
+    keep_count
 
 BLOCK = 2048  # tile side of the blocked pairwise similarity
 NO_EARLIER = 2.0  # cut score (−M) of a row with no earlier row in its cluster: above every real −M
@@ -116,10 +116,9 @@ def max_earlier(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def sort_order(cos: np.ndarray, keys: list[str], keep: str, seed: int) -> np.ndarray:
     """Positions in SemDeDup order: hard = cos ascending (farthest first), easy = cos descending, random = hash."""
     if keep == "random":
-        primary, direction = pa.array(stable_hash64(seed, keys), pa.uint64()), "ascending"
-    else:
-        primary, direction = pa.array(cos), "ascending" if keep == "hard" else "descending"
-    table = pa.table({"p": primary, "k": pa.array(keys, pa.string())})
+        return hash_order(seed, keys)
+    table = pa.table({"p": pa.array(cos), "k": pa.array(keys, pa.string())})
+    direction = "ascending" if keep == "hard" else "descending"
     return pc.sort_indices(table, sort_keys=[("p", direction), ("k", "ascending")]).to_numpy()
 
 

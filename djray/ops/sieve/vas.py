@@ -150,6 +150,7 @@ class VasSieve(RankSieve):
         self.survivors = np.zeros(0, np.int64)
         self.dropped_at = np.zeros(0, np.int32)
         self.info: dict[str, Any] = {}
+        self._memo: tuple[pa.Table, np.ndarray] | None = None  # (table, its f S f): see _vas
 
     # ---- fit: the CLIP cut over the whole pool, S, and (VAS-D) the whole loop -------------------------------------
     def fit(self, rows: Iterable[pa.Table]) -> None:
@@ -196,8 +197,7 @@ class VasSieve(RankSieve):
         dropped_at = np.full(n0, -1, np.int32)
         # T = Σ f fᵀ of the kept set: formed once over the CLIP survivors, then only downdated
         t_sum = second_moment_sum(x) if n0 else np.zeros((d, d))
-        used = s
-        for it in range(iters):
+        for it in range(iters):  # iterations >= 1: `used` is always set
             used = s
             if kept.size == 0:
                 break
@@ -226,7 +226,7 @@ class VasSieve(RankSieve):
 
     def _vas(self, rows: pa.Table) -> np.ndarray:
         """f S f of the rows (memoised: score, drop_details and publish see the same table in turn)."""
-        memo = getattr(self, "_memo", None)
+        memo = self._memo
         if memo is None or memo[0] is not rows:
             v = vas_scores(K.unit_rows(rows, S.CLIP_IMAGE_EMBEDDING), self.s) if rows.num_rows else np.zeros(0)
             memo = self._memo = (rows, v)
