@@ -19,6 +19,11 @@ from djray import schema as S
 from djray.ops.sieve.base import RankSieve, SieveParams, float32_ceil, keep_count
 
 
+def clip_scores(rows: pa.Table) -> np.ndarray:
+    """The rows' clip_score as float32, a missing one as -inf (ranks last, never passes a threshold)."""
+    return np.asarray(pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy(), dtype=np.float32)
+
+
 class ClipScoreParams(SieveParams):
     op: Literal["clip_score"] = "clip_score"
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
@@ -38,8 +43,7 @@ class ClipScoreSieve(RankSieve):
     reason: ClassVar[str] = S.Reason.LOW_CLIP_SCORE
 
     def score(self, rows: pa.Table) -> np.ndarray:
-        s = pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy()
-        return np.asarray(s, dtype=np.float32)
+        return clip_scores(rows)
 
     def threshold(self) -> float | None:
         t = self.params.min_score

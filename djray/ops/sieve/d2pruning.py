@@ -30,6 +30,7 @@ from pydantic import Field
 from djray import schema as S
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import GROUP, Decision, GroupSieve, keep_count, stable_hash64
+from djray.ops.sieve.clip_score import clip_scores
 from djray.ops.sieve.d4 import largest_remainder
 
 OFFSET, FLOOR = 0.115, 1e-7
@@ -162,7 +163,7 @@ class D2PruningSieve(K.KMeansFit, GroupSieve):
         by_key = pc.sort_indices(rows.column(S.KEY)).to_numpy()  # positions in key order: ties go to smaller keys
         sorted_rows = rows.take(pa.array(by_key))
         x = features(sorted_rows, self.params.features)
-        clip = pc.fill_null(sorted_rows.column(S.CLIP_SCORE), -np.inf).to_numpy().astype(np.float64)
+        clip = clip_scores(sorted_rows).astype(np.float64)
         s = np.maximum(clip + OFFSET, FLOOR)
         if n <= self.params.flat_max_rows:
             nbr, dist = exact_knn(x, self.params.k)

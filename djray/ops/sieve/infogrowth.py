@@ -25,13 +25,13 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from djray import schema as S
 from djray.ops.base import Params
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, hash_order, keep_count
+from djray.ops.sieve.clip_score import clip_scores
 
 GAIN_RAW = "gain_raw"
 
@@ -96,7 +96,7 @@ class InfoGrowthClean(RankSieve):
     reason: ClassVar[str] = S.Reason.INFOGROWTH_MISALIGNED
 
     def score(self, rows: pa.Table) -> np.ndarray:
-        return np.asarray(pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy(), dtype=np.float32)
+        return clip_scores(rows)
 
     def threshold(self) -> float | None:
         t = self.params.align_threshold

@@ -28,6 +28,7 @@ from pydantic import Field
 from djray import schema as S
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import GROUP, ROW_ID, Decision, GroupSieve, RankSieve, SieveParams, keep_count
+from djray.ops.sieve.clip_score import clip_scores
 from djray.ops.sieve.vas import clip_top, in_top
 
 ITM = "tldr_itm"
@@ -76,15 +77,11 @@ class TldrItm(RankSieve):
         super().__init__(params)
         self.cut, self.ties, self.n = np.inf, np.zeros(0, np.int64), 0
 
-    @staticmethod
-    def _clip(rows: pa.Table) -> np.ndarray:
-        return np.asarray(pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy(), dtype=np.float32)
-
     def fit(self, rows: Iterable[pa.Table]) -> None:
         ids, clip, keys = [], [], []
         for t in rows:
             ids.append(t.column(ROW_ID).to_numpy())
-            clip.append(self._clip(t))
+            clip.append(clip_scores(t))
             keys.append(t.column(S.KEY))
         row_id = np.concatenate(ids) if ids else np.zeros(0, np.int64)
         self.n = keep_count(self.params.itm_fraction, row_id.size)
@@ -98,7 +95,7 @@ class TldrItm(RankSieve):
         return -np.inf
 
     def publish(self, rows: pa.Table, score: np.ndarray) -> dict[str, pa.Array]:
-        return {ITM: pa.array(in_top(rows, self._clip(rows), self.cut, self.ties))}
+        return {ITM: pa.array(in_top(rows, clip_scores(rows), self.cut, self.ties))}
 
     def describe(self) -> dict[str, Any]:
         return {"itm_rows": self.n, "clip_cutoff": None if np.isinf(self.cut) else float(self.cut),

@@ -35,6 +35,7 @@ from djray import schema as S
 from djray.ops.base import Params
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import ROW_ID, RankSieve, SieveParams
+from djray.ops.sieve.clip_score import clip_scores
 
 MODEL_KEY = b"djray.clip_model"  # Parquet metadata of a reference file: the open_clip model that embedded it
 BLOCK = 65536  # rows per float64 Σ f fᵀ block
@@ -161,7 +162,7 @@ class VasSieve(RankSieve):
             if t.num_rows == 0:
                 continue
             ids.append(t.column(ROW_ID).to_numpy())
-            scores.append(self._clip(t))
+            scores.append(clip_scores(t))
             keys.append(t.column(S.KEY))
             if pool:
                 x = K.unit_rows(t, S.CLIP_IMAGE_EMBEDDING)
@@ -217,12 +218,8 @@ class VasSieve(RankSieve):
         self.info.update(target="pool", iterations=iters, chunk=chunk, n_survivors=n0)
 
     # ---- ranked step ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def _clip(rows: pa.Table) -> np.ndarray:
-        return np.asarray(pc.fill_null(rows.column(S.CLIP_SCORE), -np.inf).to_numpy(), dtype=np.float32)
-
     def _in_clip(self, rows: pa.Table) -> np.ndarray:
-        return in_top(rows, self._clip(rows), self.clip_cut, self.clip_ties)
+        return in_top(rows, clip_scores(rows), self.clip_cut, self.clip_ties)
 
     def _vas(self, rows: pa.Table) -> np.ndarray:
         """f S f of the rows (memoised: score, drop_details and publish see the same table in turn)."""
@@ -250,7 +247,7 @@ class VasSieve(RankSieve):
         drop = np.flatnonzero(~np.asarray(keep))
         if drop.size == 0:
             return out
-        in_clip, clip, v = self._in_clip(rows), self._clip(rows), self._vas(rows)
+        in_clip, clip, v = self._in_clip(rows), clip_scores(rows), self._vas(rows)
         ids = rows.column(ROW_ID).to_numpy()
         for i in drop:
             if not in_clip[i]:
