@@ -244,27 +244,31 @@ class RowStream:
         self.fs, self.columns, self.seed, self.rank, self.shuffle = fs, columns, seed, rank, shuffle
         self.units = [(s, g, n) for s in shards for g, n in enumerate(s.row_groups) if n > 0]
         self.state = StreamState(**(state or {}))
-        self._order_epoch = -1
+        self._order_key: tuple[int, ...] | None = None
         self._order: np.ndarray = np.arange(0)
         self._cached: tuple[int, int, dict[str, list], np.ndarray] | None = None  # (epoch, unit id, cols, row order)
 
     def _rng(self, *parts: int) -> np.random.Generator:
         return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.rank, *parts])
 
-    def _unit_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
+    def _unit_order(self, *parts: int) -> np.ndarray:
+        """The seeded order of the row groups for one pass (`parts`: the epoch; the sampler adds its sweep)."""
+        if self._order_key != parts:
             n = len(self.units)
-            self._order = self._rng(epoch, 1 << 20).permutation(n) if self.shuffle else np.arange(n)
-            self._order_epoch = epoch
+            self._order = self._rng(*parts, 1 << 20).permutation(n) if self.shuffle else np.arange(n)
+            self._order_key = parts
         return self._order
+
+    def _read_unit(self, uid: int) -> dict[str, list]:
+        shard, group, _ = self.units[uid]
+        with open_sequential(self.fs, shard.path) as f:  # few large reads, resumed after a transient failure
+            table = pq.ParquetFile(f, pre_buffer=True).read_row_group(group, columns=self.columns)
+        return {c: table.column(c).to_pylist() for c in self.columns}
 
     def _load(self, epoch: int, uid: int):
         if self._cached is not None and self._cached[:2] == (epoch, uid):
             return self._cached[2], self._cached[3]
-        shard, group, nrows = self.units[uid]
-        with open_sequential(self.fs, shard.path) as f:  # few large reads, resumed after a transient failure
-            table = pq.ParquetFile(f, pre_buffer=True).read_row_group(group, columns=self.columns)
-        cols = {c: table.column(c).to_pylist() for c in self.columns}
+        cols, nrows = self._read_unit(uid), self.units[uid][2]
         order = self._rng(epoch, uid).permutation(nrows) if self.shuffle else np.arange(nrows)
         self._cached = (epoch, uid, cols, order)
         return cols, order

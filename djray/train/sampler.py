@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from djray import schema as S
-from djray.io.fs import open_sequential
 from djray.train.data import RowStream, Shard, StreamState, TrainDataError
 
 SAMPLERS = ("none", "infogrowth_static", "infogrowth_dynamic")
@@ -51,22 +49,12 @@ class GainRowStream(RowStream):
         self.sampler = sampler
         self.state = SamplerState(**(state or {}))
         self.share_rows = sum(n for _, _, n in self.units)
-        self._sweep_cache: tuple[tuple[int, int], np.ndarray] | None = None
         self._draws: tuple[tuple[int, int, int], np.ndarray, np.ndarray] | None = None
 
-    def _sweep_order(self, epoch: int, sweep: int) -> np.ndarray:
-        if self._sweep_cache is None or self._sweep_cache[0] != (epoch, sweep):
-            n = len(self.units)
-            order = self._rng(epoch, sweep, 1 << 20).permutation(n) if self.shuffle else np.arange(n)
-            self._sweep_cache = ((epoch, sweep), order)
-        return self._sweep_cache[1]
-
     def _read(self, uid: int) -> dict[str, list]:
+        """One row group's columns; the last one stays cached (a small share meets the same unit sweep after sweep)."""
         if self._cached is None or self._cached[1] != uid:
-            shard, group, _ = self.units[uid]
-            with open_sequential(self.fs, shard.path) as f:
-                table = pq.ParquetFile(f, pre_buffer=True).read_row_group(group, columns=self.columns)
-            self._cached = (-1, uid, {c: table.column(c).to_pylist() for c in self.columns}, np.arange(0))
+            self._cached = (-1, uid, self._read_unit(uid), np.arange(0))
         return self._cached[2]
 
     def _unit(self, epoch: int, sweep: int, uid: int):
@@ -95,7 +83,7 @@ class GainRowStream(RowStream):
             if static and st.emitted >= self.share_rows:
                 self._next_epoch(st)
                 continue
-            order = self._sweep_order(st.epoch, st.sweep)
+            order = self._unit_order(st.epoch, st.sweep)
             if st.unit >= len(order):
                 empty_sweeps = empty_sweeps + 1 if not rows else 0
                 if empty_sweeps > 2 and not rows:
