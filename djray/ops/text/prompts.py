@@ -126,10 +126,15 @@ def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+def _fold(text: str) -> str:
+    """NFKC, then every single angle-bracket look-alike as ‹ / ›."""
+    return unicodedata.normalize("NFKC", text).translate(_TO_GUILLEMET)
+
+
 def neutralize(text: str) -> str:
     """Make untrusted text safe to place between delimiters: NFKC, no angle brackets (look-alikes included), no
     tag-like sequence naming a delimiter of the prompt, no bracketed control tags."""
-    text = unicodedata.normalize("NFKC", text).translate(_TO_GUILLEMET)
+    text = _fold(text)
     while True:
         cut = _DELIMITER_RE.sub("", text)  # nested tags reassemble, and go in the next round
         if cut == text:
@@ -142,7 +147,7 @@ def neutralize(text: str) -> str:
 def contains_delimiter(text: str) -> bool:
     """True when `text` holds a tag-like sequence naming one of the prompt's delimiters, in any spelling
     `neutralize` removes (used to reject model outputs that echo them)."""
-    return bool(_DELIMITER_RE.search(unicodedata.normalize("NFKC", text).translate(_TO_GUILLEMET)))
+    return bool(_DELIMITER_RE.search(_fold(text)))
 
 
 def truncate(text: str, limit: int = MAX_INPUT_CHARS) -> str:
