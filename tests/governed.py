@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 import djray
 from corpus import image_bytes, sample_members, write_tar
 from djray.sample_data import write_sample_corpus
@@ -29,3 +32,8 @@ def governed_output(root: Path) -> tuple[Path, djray.Manifest]:
                           "sieve": [{"op": "random", "keep_fraction": 0.75, "seed": 1}]},
                          progress=False, log=lambda m: None)
     return root / "out", manifest
+
+
+def output_table(out: Path, kind: str) -> pa.Table:
+    """Every file of OUTPUT/<kind>/ (data, rejects or signals) in file-name order, as one table."""
+    return pa.concat_tables([pq.read_table(f) for f in sorted((out / kind).glob("*.parquet"))])

@@ -6,11 +6,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from djray import pipeline
@@ -18,6 +15,7 @@ from djray import schema as S
 from djray.config import ConfigError, parse_config
 from djray.patches import select_patches
 from djray.sample_data import write_sample_corpus
+from governed import output_table
 
 TINY = {"model": "test_vit", "weights": "random", "image_size": 64, "ratio": 0.5, "batch_size": 8,
         "precision": "fp32"}
@@ -25,10 +23,6 @@ TINY = {"model": "test_vit", "weights": "random", "image_size": 64, "ratio": 0.5
 
 def _run(raw: dict) -> dict:
     return pipeline.run(parse_config(raw), progress=False, log=lambda m: None)
-
-
-def _table(out: Path, kind: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted((out / kind).glob("*.parquet"))])
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def test_a_new_output_from_another_runs_signals(juiced):
     assert not (root / "b" / "_djray" / "sealed").exists() and not (root / "b" / "_djray" / "models").exists()
     assert manifest["signals_sha256"] == first["signals_sha256"] and manifest["signals_from"] == str(root / "a")
     assert manifest["models"]["vision"]["params"]["model"] == "test_vit"  # phase A's model, from the source run
-    a, b = _table(root / "a", "data"), _table(root / "b", "data")
+    a, b = output_table(root / "a", "data"), output_table(root / "b", "data")
     assert set(b.column(S.KEY).to_pylist()) < set(a.column(S.KEY).to_pylist())
     assert manifest["rows_kept"] == b.num_rows == sum(
         1 for r in manifest["selection"] if r["op"] == "random" for _ in range(r["kept"]))
@@ -61,7 +55,7 @@ def test_a_new_output_from_another_runs_signals(juiced):
         assert row[S.PATCH_IDX] == select_patches(np.asarray(row[S.PATCH_SCORES], np.float32), 0.25, "topk", 0,
                                                   row[S.KEY]).tolist()
     # the new output carries the signals it was selected from (phase A's columns unchanged)
-    assert _table(root / "b", "signals").equals(_table(root / "a", "signals"))
+    assert output_table(root / "b", "signals").equals(output_table(root / "a", "signals"))
     # the source run is untouched
     assert json.loads((root / "a" / "manifest.json").read_text())["output_sha256"] == first["output_sha256"]
 

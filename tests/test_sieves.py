@@ -16,6 +16,7 @@ import djray
 from djray import schema as S
 from djray._compat import patch_torchvision
 from djray.sample_data import write_sample_corpus
+from governed import output_table
 
 patch_torchvision()
 pytest.importorskip("timm")
@@ -25,10 +26,6 @@ TINY = {"model": "test_vit", "weights": "random", "image_size": 64, "ratio": 0.5
         "precision": "fp32"}
 RANDOM = {"keep_fraction": 0.8, "seed": 3}
 SEMDEDUP = {"keep_fraction": 0.7, "n_clusters": 3, "embedding": "dino", "sample_per_centroid": 100}
-
-
-def _table(out: Path, kind: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted((out / kind).glob("*.parquet"))])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +40,7 @@ def selected(ray_cluster, tmp_path_factory):
 
 
 def _pipeline_decisions(out: Path) -> dict[str, tuple[str, str]]:
-    rejects = _table(out, "rejects").to_pylist()
+    rejects = output_table(out, "rejects").to_pylist()
     return {r[S.KEY]: (r[S.STAGE], r[S.REASON]) for r in rejects if r[S.STAGE].startswith("sieve:")}
 
 
@@ -54,7 +51,7 @@ def test_arrow_signals_give_the_pipelines_decisions(selected):
     second = djray.sieve("semdedup", **SEMDEDUP).select(first.filter(first.column("keep")))
     mine = {r[S.KEY]: (r["stage"], r["reason"]) for t in (first, second) for r in t.to_pylist() if not r["keep"]}
     assert mine == _pipeline_decisions(out)
-    data = {r[S.KEY]: r for r in _table(out, "data").to_pylist()}
+    data = {r[S.KEY]: r for r in output_table(out, "data").to_pylist()}
     kept = {r[S.KEY]: r for r in second.to_pylist() if r["keep"]}
     assert set(kept) == set(data) and len(kept) == manifest.rows_kept
     assert {"sieve:random", "sieve:semdedup"} <= {v[0] for v in mine.values()}  # both sieves dropped rows

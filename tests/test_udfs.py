@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 import djray
@@ -16,6 +15,7 @@ from corpus import image_bytes, write_parquet_shard
 from djray import schema as S
 from djray._compat import patch_torchvision
 from djray.sample_data import make_sample
+from governed import output_table
 
 patch_torchvision()
 pytest.importorskip("timm")
@@ -47,10 +47,6 @@ def _by_key(table: pa.Table) -> dict[str, dict]:
     return {r["key"]: r for r in table.to_pylist()}
 
 
-def _read(out: Path, kind: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in sorted((out / kind).glob("*.parquet"))])
-
-
 def test_user_pipeline_matches_djray_run(ray_cluster, corpus, tmp_path):
     import ray
 
@@ -69,7 +65,7 @@ def test_user_pipeline_matches_djray_run(ray_cluster, corpus, tmp_path):
                                     "columns": {"key": "key", "image": "image", "caption": "caption"}},
                           "output": {"path": str(out)}, "vision": VISION, "clip": CLIP}, progress=False)
     assert manifest.rows_kept == 8 and manifest.rows_rejected == len(BAD)
-    data, rejects, rows = _by_key(_read(out, "data")), _by_key(_read(out, "rejects")), _by_key(mine)
+    data, rejects, rows = _by_key(output_table(out, "data")), _by_key(output_table(out, "rejects")), _by_key(mine)
 
     for key, (_, _, reason) in BAD.items():
         assert (rows[key]["stage"], rows[key]["reason"]) == ("decode", reason) == \
