@@ -71,6 +71,15 @@ def sample_members(key: str, caption: str | bytes | None = "a red square", *, ex
     return members
 
 
+def write_bad_rows_shard(path: str | Path, good_caption: str = "a red rectangle") -> Path:
+    """One shard with a good row (x0good) and three rows the decode / caption stages reject: x1corrupt
+    (corrupt_image), x2nocap (empty_caption), x3tiny (image_too_small)."""
+    return write_tar(path, sample_members("x0good", good_caption, image=image_bytes((300, 200), color=(10, 120, 200)))
+                     + sample_members("x1corrupt", "a broken file", image=b"definitely not an image")
+                     + sample_members("x2nocap", "   ", image=image_bytes((120, 90)))
+                     + sample_members("x3tiny", "a tiny image", image=image_bytes((16, 16))))
+
+
 def write_parquet_shard(path: str | Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import djray
-from corpus import image_bytes, sample_members, write_tar
+from corpus import write_bad_rows_shard
 from djray.sample_data import write_sample_corpus
 
 VISION = {"model": "test_vit", "weights": "random", "image_size": 64, "ratio": 0.5, "batch_size": 8,
@@ -22,11 +22,7 @@ def governed_output(root: Path) -> tuple[Path, djray.Manifest]:
     """Run the job into root/out (corpus in root/corpus): 24 good samples in 2 shards + a shard with 3 bad rows."""
     corpus = root / "corpus"
     write_sample_corpus(str(corpus), 24, 2, "webdataset", seed=13)
-    write_tar(corpus / "00002.tar",
-              sample_members("x0good", "A red rectangle.", image=image_bytes((300, 200), color=(10, 120, 200)))
-              + sample_members("x1corrupt", "a broken file", image=b"definitely not an image")
-              + sample_members("x2nocap", "   ", image=image_bytes((120, 90)))
-              + sample_members("x3tiny", "a tiny image", image=image_bytes((16, 16))))
+    write_bad_rows_shard(corpus / "00002.tar", good_caption="A red rectangle.")
     manifest = djray.run({"input": {"path": str(corpus), "format": "webdataset"}, "output": {"path": str(root / "out")},
                           "vision": VISION, "text": {"mode": "concat"},
                           "sieve": [{"op": "random", "keep_fraction": 0.75, "seed": 1}]},

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import image_bytes, sample_members, write_tar
+from corpus import write_bad_rows_shard
 from djray import pipeline
 from djray import schema as S
 from djray._compat import patch_torchvision
@@ -93,11 +93,7 @@ def _corpus_with_rejects(root: Path) -> Path:
     """24 synthetic samples in 3 shards plus one shard with a good row and three rows every stage must reject."""
     corpus = root / "corpus"
     write_sample_corpus(str(corpus), 24, 3, "webdataset", seed=7)
-    write_tar(corpus / "00003.tar",
-              sample_members("x0good", "a red rectangle", image=image_bytes((300, 200), color=(10, 120, 200)))
-              + sample_members("x1corrupt", "a broken file", image=b"definitely not an image")
-              + sample_members("x2nocap", "   ", image=image_bytes((120, 90)))
-              + sample_members("x3tiny", "a tiny image", image=image_bytes((16, 16))))
+    write_bad_rows_shard(corpus / "00003.tar")
     return corpus
 
 
