@@ -4,7 +4,9 @@ Reads the crop the decode stage already made (images are decoded once): the cano
 input size equals `vision.image_size`, else `_clip_pixels`, a second crop decode emits at CLIP's size with the same
 rule (shorter side → S with PIL bicubic, centre crop at floor offsets). It normalises with the model's mean/std
 (open_clip's `preprocess_cfg`; OpenAI's for ViT-B-16) and runs `encode_image`; the caption (`caption_raw`, the
-source caption) goes through open_clip's tokenizer (77 tokens, truncated) and `encode_text`. Writes, per alive row:
+source caption) goes through open_clip's tokenizer (77 tokens, truncated) and `encode_text` — run on the tokens up to
+the batch's last end-of-text token (`models.clip.encode_text`: the same embedding, without the padding's cost).
+Writes, per alive row:
 
 * `clip_image_embedding`, `clip_text_embedding` — L2-normalised, float32 (float16 storage changes SemDeDup
   decisions: tests/ops/vision/test_clip_embed.py);
@@ -173,6 +175,7 @@ class ClipEmbedder(Op):
         """uint8 (B, S, S, 3) crops + captions → L2-normalised float32 (B, E) image and text embeddings."""
         import torch
 
+        from djray.models.clip import encode_text
         from djray.models.dino import autocast
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
@@ -180,7 +183,7 @@ class ClipEmbedder(Op):
         tokens = self.tokenizer(captions).to(self.device)
         with torch.inference_mode(), autocast(x.device.type, self.precision):
             img = self.model.encode_image(x)
-            txt = self.model.encode_text(tokens)
+            txt = encode_text(self.model, tokens)
         return _unit(img.float().cpu().numpy()), _unit(txt.float().cpu().numpy())
 
 
