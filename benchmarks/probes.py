@@ -68,3 +68,14 @@ class WorkerRss(Poller):
             except OSError:
                 continue
         return largest
+
+
+class DriverRss(Poller):
+    """RSS (kB) of this process."""
+
+    def sample(self) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +23,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psutil  # noqa: E402
 import ray  # noqa: E402
 
+from probes import DriverRss, WorkerRss  # noqa: E402
 from synthetic_signals import selection_context, write_signals_store  # noqa: E402
 
 from djray.ops.sieve import expand_steps  # noqa: E402
@@ -36,46 +35,16 @@ from djray.ops.sieve.semdedup import SemDedupParams  # noqa: E402
 from djray.runtime.select import run_selection  # noqa: E402
 
 
-class PeakRss:
-    """Largest RSS of any Ray worker process (one task at a time each) and of this driver, while running."""
-
-    def __init__(self):
-        self.worker = self.driver = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.driver = max(self.driver, me.memory_info().rss)
-            for p in psutil.process_iter(["name", "cmdline", "memory_info"]):
-                try:
-                    cmd = " ".join(p.info["cmdline"] or [])
-                    if p.info["name"].startswith("ray::") or "default_worker.py" in cmd:
-                        self.worker = max(self.worker, p.info["memory_info"].rss)
-                except (psutil.Error, TypeError, AttributeError):
-                    continue
-            time.sleep(0.1)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def run_one(root: str, shards: list[str], params, rows: int, cpus: int) -> tuple[float, PeakRss, list[dict]]:
+def run_one(root: str, shards: list[str], params, rows: int, cpus: int) -> tuple[float, tuple[int, int], list[dict]]:
     steps = expand_steps([params])
     ctx = selection_context(root, shards, steps)
     shutil.rmtree(Path(root) / "_djray", ignore_errors=True)
     widths = {"vis_embedding": 4.0 * 384 + 8, "clip_score": 4.0}
-    with PeakRss() as peak:
+    with WorkerRss() as worker, DriverRss() as driver:
         t0 = time.perf_counter()
         records = run_selection(ctx, steps, lambda: rows, lambda: widths, cpus)
         wall = time.perf_counter() - t0
-    return wall, peak, records
+    return wall, (worker.peak >> 10, driver.peak >> 10), records
 
 
 def main() -> int:
@@ -104,11 +73,11 @@ def main() -> int:
         for name in only:
             if name == "cluster" and rows < max(sizes):
                 continue  # the issue asks for cluster at the largest size
-            wall, peak, records = run_one(root, shards, sieves[name](), rows, args.cpus)
+            wall, (worker_mb, driver_mb), records = run_one(root, shards, sieves[name](), rows, args.cpus)
             dropped = sum(r["dropped"] for r in records)
-            table.append((name, rows, wall, peak.worker >> 20, peak.driver >> 20, dropped))
-            lines.append(f"BENCH name={name} rows={rows} wall_s={wall:.2f} peak_rss_mb={peak.worker >> 20} "
-                         f"driver_rss_mb={peak.driver >> 20} dropped={dropped} clusters={k if name != 'clip_score' else 0} "
+            table.append((name, rows, wall, worker_mb, driver_mb, dropped))
+            lines.append(f"BENCH name={name} rows={rows} wall_s={wall:.2f} peak_rss_mb={worker_mb} "
+                         f"driver_rss_mb={driver_mb} dropped={dropped} clusters={k if name != 'clip_score' else 0} "
                          f"cpus={args.cpus} rows_per_s={rows / wall:.0f}")
             print(lines[-1].replace("BENCH ", "  "), flush=True)
         shutil.rmtree(root, ignore_errors=True)
