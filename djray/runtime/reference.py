@@ -52,7 +52,7 @@ def bind_references(plan, params: list, log: Callable[[str], None], progress: bo
         embedded, report = None, None
         if p.target.images is not None:
             embedded, report = ensure_reference(plan, plan.references[step.index], log, progress)
-        p.target.bind(plan.cfg.clip.model, weights, embedded, report)
+        p.target.bind(plan.cfg.clip.model, weights, embedded, report, plan.storage)
 
 
 def ensure_reference(plan, ref, log: Callable[[str], None], progress: bool) -> tuple[str, dict[str, Any]]:

@@ -61,6 +61,7 @@ class ReferenceTarget(Params):
     _job_model: str | None = PrivateAttr(None)
     _job_weights: dict[str, Any] | None = PrivateAttr(None)
     _report: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _storage: Any = PrivateAttr(None)  # the job's storage options (djray.io.fs.Storage): S3 endpoint, retries
 
     @model_validator(mode="after")
     def _one_source(self) -> ReferenceTarget:
@@ -74,11 +75,12 @@ class ReferenceTarget(Params):
         return self
 
     def bind(self, model: str, weights: dict[str, Any] | None, embedded: str | None = None,
-             report: dict[str, Any] | None = None) -> None:
+             report: dict[str, Any] | None = None, storage: Any = None) -> None:
         """The runtime's part: the job's CLIP model and weights identity (what the file must match), and for
         `images` the Parquet it embedded them into, with the pass's counts."""
         self._job_model, self._job_weights, self._embedded = model, weights, embedded
         self._report = dict(report or {})
+        self._storage = storage
 
     def reference_file(self) -> str:
         if self.path is not None:
@@ -261,7 +263,7 @@ class VasSieve(RankSieve):
             if model is None:
                 raise ValueError("vas target: no CLIP model to check the reference against (set target.model)")
             path = target.reference_file()
-            self.s, read = read_reference(path, model, target._job_weights)
+            self.s, read = read_reference(path, model, target._job_weights, target._storage)
             self.info.update(target="reference", reference=path, model=model, **read)
             if target.images is not None:
                 self.info.update(images=target.images, embedding=target._report)
