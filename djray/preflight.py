@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -135,6 +136,8 @@ def _reference_plans(cfg: JobConfig, storage: iofs.Storage) -> dict[int, Plan]:
     steps = cfg.steps()
     for i, sieve in enumerate(cfg.sieve):
         target = getattr(sieve, "target", None)
+        if sieve.op == "vas" and getattr(target, "path", None) is not None:
+            _check_reference_file(f"sieve.{i}.vas.target.path", target.path, cfg.clip.model, storage)
         if sieve.op != "vas" or getattr(target, "images", None) is None:
             continue
         key = f"sieve.{i}.vas.target.images"
@@ -161,6 +164,25 @@ def _reference_plans(cfg: JobConfig, storage: iofs.Storage) -> dict[int, Plan]:
         out[step] = Plan(ref_cfg, fps, storage, f"s3://{root}" if iofs.is_s3(target.images) else root, listing,
                          ref_fs, Layout(ref_root), uri)
     return out
+
+
+def _check_reference_file(key: str, uri: str, model: str, storage: iofs.Storage) -> None:
+    """A reference Parquet must be readable and embedded by the job's CLIP model (its footer; the weights are
+    checked against phase A's model record when the step runs)."""
+    from djray.ops.sieve.vas import check_reference
+
+    try:
+        fs, path = iofs.resolve(uri, storage)
+        with iofs.open_sequential(fs, path) as f:
+            meta = pq.read_schema(f).metadata or {}
+    except OSError as e:
+        raise _preflight_error(key, f"cannot read {uri}", e) from None
+    except (ValueError, pa.ArrowException) as e:
+        raise ConfigError(f"{key}: cannot read {uri}: {e}") from None
+    try:
+        check_reference(uri, meta, model, None)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def reference_ops(cfg: JobConfig, ops: list[Op]) -> list[Op]:

@@ -181,3 +181,14 @@ def test_reference_target_config_errors(tmp_path):
     cfg = parse_config(_config(tmp_path, tmp_path / "w.pt", 0.2, images=str(tmp_path / "empty"), format="parquet"))
     with pytest.raises(ConfigError, match=r"sieve\.0\.vas\.target\.images: no \.parquet shards found"):
         prepare(cfg)
+    from djray.ops.sieve.vas import write_reference
+
+    other = tmp_path / "other.parquet"
+    write_reference(str(other), np.ones((2, 8)), "RN50")
+    cfg = parse_config(_config(tmp_path, tmp_path / "w.pt", 0.2, path=str(other), model=MODEL))
+    with pytest.raises(ConfigError, match=r"sieve\.0\.vas\.target\.path: vas target .*: embedded by CLIP model "
+                                          r"'RN50', the job's is 'ViT-S-32'"):
+        prepare(cfg)
+    cfg = parse_config(_config(tmp_path, tmp_path / "w.pt", 0.2, path=str(tmp_path / "none.parquet"), model=MODEL))
+    with pytest.raises(ConfigError, match=r"sieve\.0\.vas\.target\.path: cannot read .*none\.parquet"):
+        prepare(cfg)
