@@ -169,7 +169,7 @@ def _reference_plans(cfg: JobConfig, storage: iofs.Storage) -> dict[int, Plan]:
 def _check_reference_file(key: str, uri: str, model: str, storage: iofs.Storage) -> None:
     """A reference Parquet must be readable and embedded by the job's CLIP model (its footer; the weights are
     checked against phase A's model record when the step runs)."""
-    from djray.ops.sieve.vas import check_reference
+    from djray.ops.sieve.vas_reference import check_reference
 
     try:
         fs, path = iofs.resolve(uri, storage)

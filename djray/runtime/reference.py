@@ -27,7 +27,8 @@ import ray
 from djray import schema as S
 from djray.io import fs as iofs
 from djray.io.errors import task_args
-from djray.ops.sieve.vas import PoolTarget, VasParams, reference_metadata, weights_identity
+from djray.ops.sieve.vas import PoolTarget, VasParams
+from djray.ops.sieve.vas_reference import reference_metadata, weights_identity
 from djray.runtime.layout import Layout
 from djray.runtime.ledger import Ledger
 from djray.runtime.stream import run_phase_a

@@ -18,7 +18,7 @@ from djray import pipeline
 from djray import schema as S
 from djray._compat import patch_torchvision
 from djray.config import ConfigError, parse_config
-from djray.ops.sieve.vas import read_reference
+from djray.ops.sieve.vas_reference import read_reference
 from djray.preflight import prepare
 from djray.sample_data import make_sample
 
