@@ -160,6 +160,16 @@ def test_reference_images_are_embedded_once_and_select_as_numpy(ray_cluster, tmp
     data = _rows(tmp_path / "out", "data")
     assert {r[S.KEY] for r in data} == _numpy_vas(signals, s_here, 0.75, 0.25) and len(data) == 3
 
+    # a selection into another output from these signals (signals.from) finds the set in its source
+    logs.clear()
+    raw = _config(tmp_path, weights, 0.25, images=str(tmp_path / "ref"))
+    raw.update(output={"path": str(tmp_path / "out2")}, signals={"from": str(tmp_path / "out")})
+    manifest = pipeline.run(parse_config(raw), progress=False, log=logs.append)
+    assert not any(": embedding " in m for m in logs) and sum("cached" in m for m in logs) == 1
+    step = [s for s in manifest["selection"] if s["op"] == "vas"][0]["describe"]
+    assert step["reference"] == ref_file and not (tmp_path / "out2" / "_djray" / "reference").exists()
+    assert {r[S.KEY] for r in _rows(tmp_path / "out2", "data")} == {r[S.KEY] for r in data}
+
 
 def test_reference_target_config_errors(tmp_path):
     base = _config(tmp_path, tmp_path / "w.pt", 0.2)
