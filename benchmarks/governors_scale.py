@@ -9,6 +9,11 @@ details, published columns) — the work one phase-B task does; the runtime arou
     python benchmarks/governors_scale.py [--vas 100000,300000] [--vasd 100000] [--gain 10000,30000]
                                          [--recall 10000] [--d2 20000,50000] [--d2-part 200000]
                                          [--vas-runtime 1000000]   # VAS fixed S through the Ray runtime
+                                         [--d2-runtime 1000000]    # D2Pruning partition: cluster, Ray runtime
+
+Sizes the issue asks for, one mode per invocation (each ~5-10 min on 2 cores): `--gain 1000000 --vas "" --vasd ""
+--recall "" --d2 "" --d2-part ""` (InfoGrowth, one instance), `--vasd 1000000 ...` (VAS-D, 100 iterations),
+`--d2-runtime 1000000 ...` with every in-process size empty.
 """
 
 from __future__ import annotations
@@ -109,23 +114,14 @@ def _agreement(table: pa.Table, got: np.ndarray, params) -> float:
     return float((np.abs(got - ref) < 1e-4).mean())
 
 
-def vas_runtime(rows: int, d: int, cpus: int) -> str:
-    """VAS with a fixed S through the phase-B runtime (a local Ray instance, shards of 10,000 rows): the scan for
-    the CLIP cut, the map tasks scoring f S f, the exact top-n gather, the decision files."""
+def _signals_store(root: str, rows: int, d: int) -> list[str]:
+    """A signals store of shards of 10,000 rows: clustered unit `clip_image_embedding` (d) and clip_score."""
     import os
-    import shutil
 
     import pyarrow.parquet as pq
-    import ray
-    from sieve_scale import PeakRss
-    from synthetic_signals import selection_context
 
-    from djray.ops.sieve import expand_steps
-    from djray.ops.sieve.vas import VasParams, write_reference
     from djray.runtime.layout import Layout
-    from djray.runtime.select import run_selection
 
-    root = tempfile.mkdtemp(prefix="vas-runtime-")
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((200, d), np.float32)
     names = [f"shard-{i:05d}.tar" for i in range((rows + 9999) // 10000)]
@@ -141,10 +137,45 @@ def vas_runtime(rows: int, d: int, cpus: int) -> str:
             S.REASON: pa.nulls(n, pa.string()), S.DETAIL: pa.nulls(n, pa.string()),
             S.CLIP_IMAGE_EMBEDDING: _list_column(x),
             S.CLIP_SCORE: pa.array(np.round(rng.random(n) * 0.4, 4).astype(np.float32))}), path)
-    ref = os.path.join(root, "reference.parquet")
-    write_reference(ref, rng.standard_normal((50_000, d)), "ViT-L-14")
-    steps = expand_steps([VasParams(clip_fraction=0.3, vas_fraction=0.2,
-                                    target={"kind": "reference", "path": ref, "model": "ViT-L-14"})])
+    return names
+
+
+def _runtime(kind: str, rows: int, d: int, cpus: int) -> str:
+    """One selection step through the phase-B runtime (a local Ray instance, shards of 10,000 rows); RSS = the
+    largest Ray worker (sampled every 0.1 s) and the driver.
+
+    vas: VAS with a fixed S — the scan for the CLIP cut, map tasks scoring f S f, the exact top-n gather, decisions.
+    d2:  D2Pruning `partition: cluster` (100 clusters, image features) — a sampled k-means fit, map tasks assigning
+         clusters, reduce tasks each running the graphs of their clusters, writer tasks."""
+    import os
+    import shutil
+
+    import ray
+    from sieve_scale import PeakRss
+    from synthetic_signals import selection_context
+
+    from djray.ops.sieve import expand_steps
+    from djray.runtime.select import run_selection
+
+    root = tempfile.mkdtemp(prefix=f"{kind}-runtime-")
+    t_gen = time.perf_counter()
+    names = _signals_store(root, rows, d)
+    gen_s = time.perf_counter() - t_gen
+    if kind == "vas":
+        from djray.ops.sieve.vas import VasParams, write_reference
+
+        ref = os.path.join(root, "reference.parquet")
+        write_reference(ref, np.random.default_rng(1).standard_normal((50_000, d)), "ViT-L-14")
+        params = VasParams(clip_fraction=0.3, vas_fraction=0.2,
+                           target={"kind": "reference", "path": ref, "model": "ViT-L-14"})
+        name = "vas_fixed_s_runtime"
+    else:
+        from djray.ops.sieve.d2pruning import D2PruningParams
+
+        params = D2PruningParams(keep_fraction=0.3, features="image", partition="cluster", n_clusters=100,
+                                 sample_per_centroid=100)
+        name = "d2pruning_partitioned_runtime"
+    steps = expand_steps([params])
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     try:
         with PeakRss() as peak:
@@ -155,8 +186,10 @@ def vas_runtime(rows: int, d: int, cpus: int) -> str:
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-    return (f"BENCH name=vas_fixed_s_runtime rows={rows} wall_s={wall:.2f} peak_rss_mb={peak.worker >> 20} "
-            f"driver_rss_mb={peak.driver >> 20} dim={d} cpus={cpus} kept={records[0]['kept']}")
+    last = records[-1]
+    tasks = " ".join(f"{k}_tasks={v}" for k, v in last.get("tasks", {}).items())
+    return (f"BENCH name={name} rows={rows} wall_s={wall:.2f} peak_rss_mb={peak.worker >> 20} "
+            f"driver_rss_mb={peak.driver >> 20} dim={d} cpus={cpus} kept={last['kept']} {tasks} gen_s={gen_s:.1f}")
 
 
 def measure(kind: str, n: int, d: int) -> tuple[float, int, dict]:
@@ -180,10 +213,12 @@ def main() -> int:
     ap.add_argument("--d2-part", default="200000")
     ap.add_argument("--d2-dim", type=int, default=512)
     ap.add_argument("--vas-runtime", default="", help="sizes for VAS (fixed S) through the Ray runtime")
+    ap.add_argument("--d2-runtime", default="", help="sizes for D2Pruning partition: cluster through the Ray runtime")
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
-    for n in [int(s) for s in args.vas_runtime.split(",") if s]:
-        print(vas_runtime(n, args.vas_dim, args.cpus), flush=True)
+    for kind, sizes, d in (("vas", args.vas_runtime, args.vas_dim), ("d2", args.d2_runtime, args.d2_dim)):
+        for n in [int(s) for s in sizes.split(",") if s]:
+            print(_runtime(kind, n, d, args.cpus), flush=True)
     plan = [("vas", args.vas, args.vas_dim), ("vasd", args.vasd, args.vas_dim), ("gain", args.gain, args.gain_dim),
             ("recall", args.recall, args.gain_dim), ("d2", args.d2, args.d2_dim), ("d2_part", args.d2_part, args.d2_dim)]
     names = {"vas": "vas_fixed_s", "vasd": "vas_d_100it", "gain": "infogrowth_gain", "recall": "infogrowth_recall",

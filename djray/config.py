@@ -151,7 +151,7 @@ class JobConfig(Section):
                     column = "vis_embedding" if section == "vision" else "clip_image_embedding"
                     raise ConfigError(f"sieve.{i}.{s.op}.embedding: {s.embedding} reads {column}, which needs a "
                                       f"`{section}:` section")
-            if s.op == "vas" and s.target.kind == "reference" and s.target.model != self.clip.model:
+            if s.op == "vas" and s.target.kind == "reference" and s.target.model not in (None, self.clip.model):
                 raise ConfigError(f"sieve.{i}.vas.target.model: {s.target.model} is not the job's clip.model "
                                   f"{self.clip.model} (an S from another CLIP model is meaningless)")
         self._text_has_evidence()

@@ -3,7 +3,9 @@
 * signals   — what phase A computed: the input listing (shard names and sizes; the input root is left out, so a
               corpus may move), the input columns, decode, the vision model (weights, image size, aggregation,
               head, precision), everything but patch selection, and the clip section (model, weights, precision).
-* selection — signals + the `sieve:` steps + patch selection (vision ratio, strategy, seed, strata, mix_alpha).
+* selection — signals + the `sieve:` steps + patch selection (vision ratio, strategy, seed, strata, mix_alpha),
+              + the signals fingerprint of each reference image set a step embeds (vas `target.images`: its listing,
+              decode and clip), so new reference images re-select.
 * output    — selection + the text branch + output compression.
 
 Phase A is skipped when every shard is sealed under the signals fingerprint; a phase-B step is skipped when its
@@ -52,15 +54,22 @@ def signals_sha256(cfg: JobConfig, listing: list[tuple[str, int]]) -> str:
     })
 
 
-def selection_sha256(cfg: JobConfig, signals: str) -> str:
+def selection_sha256(cfg: JobConfig, signals: str, references: dict[int, str] | None = None) -> str:
     patches = {n: getattr(cfg.vision, n) for n in VisionParams.SELECTION_FIELDS} if cfg.vision else None
-    return sha256_of({"signals": signals, "steps": [params_of(s) for s in cfg.steps()], "patches": patches})
+    return sha256_of({"signals": signals, "steps": _steps(cfg, references), "patches": patches})
 
 
-def step_sha256s(cfg: JobConfig, signals: str) -> list[str]:
+def _steps(cfg: JobConfig, references: dict[int, str] | None) -> list[dict[str, Any]]:
+    """Each step's parameters; a step that embeds reference images also its reference set's fingerprint (absent
+    key otherwise: fingerprints of selections without one are unchanged)."""
+    refs = references or {}
+    return [{**params_of(s), **({"reference": refs[i]} if i in refs else {})} for i, s in enumerate(cfg.steps())]
+
+
+def step_sha256s(cfg: JobConfig, signals: str, references: dict[int, str] | None = None) -> list[str]:
     """One fingerprint per phase-B step: the signals and the steps up to and including it. A new selection that
     keeps the first steps (say, another fraction for the last sieve) reuses their finished decisions."""
-    params = [params_of(s) for s in cfg.steps()]
+    params = _steps(cfg, references)
     return [sha256_of({"signals": signals, "steps": params[: i + 1]}) for i in range(len(params))]
 
 
@@ -69,7 +78,9 @@ def output_sha256(cfg: JobConfig, selection: str) -> str:
     return sha256_of({"selection": selection, "text": text, "compression": cfg.output.compression})
 
 
-def fingerprints(cfg: JobConfig, listing: list[tuple[str, int]]) -> Fingerprints:
+def fingerprints(cfg: JobConfig, listing: list[tuple[str, int]], references: dict[int, str] | None = None
+                 ) -> Fingerprints:
+    """`references`: step index → signals fingerprint of the reference images that step embeds."""
     signals = signals_sha256(cfg, listing)
-    selection = selection_sha256(cfg, signals)
+    selection = selection_sha256(cfg, signals, references)
     return Fingerprints(signals, selection, output_sha256(cfg, selection))

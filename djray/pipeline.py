@@ -4,6 +4,7 @@
     phase A    read → decode → vision → signals/<shard>.parquet, one pass over the pixels  (runtime/stream.py)
                skipped for shards already sealed under the signals fingerprint, and with `signals.from`
     phase B    the selection steps over the signals store → per-shard decisions          (runtime/select.py)
+               (vas reference images are embedded first, once, by a phase A of their own: runtime/reference.py)
                each finished step is kept under the selection fingerprint
     phase C    kept rows → text ops → patches; then per shard: signals + decisions + the source's bytes →
                data/ + rejects/                                                          (runtime/write.py)
@@ -32,6 +33,7 @@ from djray.runtime.cluster import JobError, attached_to_cluster, cluster_cpus, e
 from djray.runtime.layout import Layout
 from djray.runtime.ledger import Ledger
 from djray.runtime.manifest import build_manifest
+from djray.runtime.reference import bind_references
 from djray.runtime.resources import live_cluster, resolve_phases
 from djray.runtime.select import bytes_per_row, run_selection
 from djray.runtime.stream import run_kept_ops, run_phase_a
@@ -57,7 +59,7 @@ def run(cfg: JobConfig, *, progress: bool = True, log: Callable[[str], None] = p
         with clock("stream_s"):
             rows = _phase_a(plan, progress)
         with clock("select_s"):
-            steps = _phase_b(plan, log)
+            steps = _phase_b(plan, log, progress)
         with clock("write_s"):
             done = _phase_c(plan, progress, clock)
     except (ray.exceptions.RayError, OSError, RuntimeError) as e:
@@ -88,10 +90,12 @@ def _phase_a(plan: Plan, progress: bool) -> int:
     return run_phase_a(plan, todo, progress) if todo else 0
 
 
-def _phase_b(plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _phase_b(plan: Plan, log: Callable[[str], None], progress: bool = False) -> list[dict[str, Any]]:
     ctx = plan.selection_context()
     fs, layout = ctx.sig()
-    return run_selection(ctx, plan.cfg.steps(), lambda: _rows_in_signals(fs, layout, plan.shards),
+    params = plan.cfg.steps()
+    bind_references(plan, params, log, progress)
+    return run_selection(ctx, params, lambda: _rows_in_signals(fs, layout, plan.shards),
                          lambda: bytes_per_row(fs, layout.signals(plan.shards[0])), cluster_cpus(), log)
 
 

@@ -1,6 +1,9 @@
 """Everything `run` checks before reading any data (`djray validate` runs exactly this): the config, the input
 listing and column contract, weights sources, the op chain, the fingerprints, and the state of the output.
 
+Reference images (vas `target.images`) are listed here too: each set becomes a sub-plan, a phase A of its own
+(decode → the job's CLIP op) into `<output>/_djray/reference/<its signals sha>/`, run by djray.runtime.reference.
+
 Output states: empty → a fresh run; holds a run with the same signals fingerprint → resume (a changed selection or
 text branch re-selects without phase A, and rewrites shard by shard); holds other signals → refused unless
 `output.mode: overwrite`; holds anything else → refused.
@@ -12,11 +15,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 import djray
-from djray.config import ConfigError, JobConfig
+from djray import schema as S
+from djray.config import ConfigError, DecodeConfig, InputConfig, JobConfig, OutputConfig, ParquetColumns
 from djray.fingerprint import Fingerprints, fingerprints, step_sha256s
 from djray.geometry import geometry_metadata
 from djray.io import fs as iofs
@@ -45,6 +50,7 @@ class Plan:
     ops: list[Op] = field(default_factory=list)  # phase A: every row streams through these
     kept_ops: list[Op] = field(default_factory=list)  # phase C: only rows the selection kept
     job: dict[str, Any] | None = None  # the job record found in the output (None: a fresh output)
+    references: dict[int, Plan] = field(default_factory=dict)  # step index → plan embedding its reference images
 
     @property
     def shards(self) -> list[str]:
@@ -72,8 +78,12 @@ class Plan:
 
     def selection_context(self) -> SelectionContext:
         return SelectionContext(self.cfg.output.path, self.signals_uri, self.storage, tuple(self.shards),
-                                self.fps.selection, steps_of(self.cfg.steps(), step_sha256s(self.cfg, self.fps.signals)),
+                                self.fps.selection, steps_of(self.cfg.steps(), step_sha256s(self.cfg, self.fps.signals,
+                                                                                            self.reference_shas())),
                                 self.cfg.ray.task_retries)
+
+    def reference_shas(self) -> dict[int, str]:
+        return {i: ref.fps.signals for i, ref in self.references.items()}
 
     def job_record(self) -> dict[str, Any]:
         return {**self.fps.as_dict(), "shards": len(self.listing), "djray_version": djray.__version__,
@@ -99,9 +109,10 @@ def prepare(cfg: JobConfig) -> Plan:
         out_fs, out_root = iofs.resolve(cfg.output.path, storage)
     except ValueError as e:
         raise ConfigError(f"output.path: {e}") from None
-    fps = fingerprints(cfg, listing)
+    references = _reference_plans(cfg, storage)
+    fps = fingerprints(cfg, listing, {i: ref.fps.signals for i, ref in references.items()})
     plan = Plan(cfg, fps, storage, input_root_uri, listing, out_fs, Layout(out_root),
-                cfg.signals.from_ or cfg.output.path)
+                cfg.signals.from_ or cfg.output.path, references=references)
     plan.job = _check_output(plan)
     if plan.signals_from_elsewhere:
         _check_signals_source(plan)
@@ -113,7 +124,75 @@ def prepare(cfg: JobConfig) -> Plan:
                 raise ConfigError(str(e)) from None
     plan.ops = phase_a_ops(cfg)
     plan.kept_ops = kept_ops(cfg)
+    for ref in references.values():
+        ref.ops = reference_ops(cfg, plan.ops)
     return plan
+
+
+def _reference_plans(cfg: JobConfig, storage: iofs.Storage) -> dict[int, Plan]:
+    """One plan per vas step with `target.images`: a phase A over the reference shards (no captions read) with the
+    job's decode limits and clip section, writing under `<output>/_djray/reference/<its signals sha[:16]>`."""
+    out: dict[int, Plan] = {}
+    steps = cfg.steps()
+    for i, sieve in enumerate(cfg.sieve):
+        target = getattr(sieve, "target", None)
+        if sieve.op == "vas" and getattr(target, "path", None) is not None:
+            _check_reference_file(f"sieve.{i}.vas.target.path", target.path, cfg.clip.model, storage)
+        if sieve.op != "vas" or getattr(target, "images", None) is None:
+            continue
+        key = f"sieve.{i}.vas.target.images"
+        fmt = target.format or cfg.input.format
+        try:
+            root, listing = iofs.list_shard_sizes(target.images, fmt, storage)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}") from None
+        except OSError as e:
+            raise _preflight_error(key, f"cannot list {target.images}", e) from None
+        if not listing:
+            raise ConfigError(f"{key}: no {'/'.join(iofs.SHARD_SUFFIXES[fmt])} shards found under {target.images}")
+        cols = cfg.input.columns
+        ref_cfg = JobConfig(
+            input=InputConfig(path=target.images, format=fmt, rows_per_block=cfg.input.rows_per_block,
+                              columns=ParquetColumns(key=cols.key, image=cols.image, caption="")),
+            output=OutputConfig(path=cfg.output.path), storage=cfg.storage, ray=cfg.ray,
+            decode=DecodeConfig(max_pixels=cfg.decode.max_pixels, min_side=cfg.decode.min_side), clip=cfg.clip)
+        fps = fingerprints(ref_cfg, listing)
+        uri = f"{cfg.output.path.rstrip('/')}/_djray/reference/{fps.signals[:16]}"
+        ref_cfg = ref_cfg.model_copy(update={"output": OutputConfig(path=uri)})
+        ref_fs, ref_root = iofs.resolve(uri, storage)
+        step = next(j for j, s in enumerate(steps) if s is sieve)
+        out[step] = Plan(ref_cfg, fps, storage, f"s3://{root}" if iofs.is_s3(target.images) else root, listing,
+                         ref_fs, Layout(ref_root), uri)
+    return out
+
+
+def _check_reference_file(key: str, uri: str, model: str, storage: iofs.Storage) -> None:
+    """A reference Parquet must be readable and embedded by the job's CLIP model (its footer; the weights are
+    checked against phase A's model record when the step runs)."""
+    from djray.ops.sieve.vas_reference import check_reference
+
+    try:
+        fs, path = iofs.resolve(uri, storage)
+        with iofs.open_sequential(fs, path) as f:
+            meta = pq.read_schema(f).metadata or {}
+    except OSError as e:
+        raise _preflight_error(key, f"cannot read {uri}", e) from None
+    except (ValueError, pa.ArrowException) as e:
+        raise ConfigError(f"{key}: cannot read {uri}: {e}") from None
+    try:
+        check_reference(uri, meta, model, None)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def reference_ops(cfg: JobConfig, ops: list[Op]) -> list[Op]:
+    """decode → the job's own CLIP op (the same object: the same model, weights, resources and crop column)."""
+    from djray.ops.decode import DecodeOp, DecodeParams
+    from djray.ops.vision.clip_embed import ClipEmbedder
+
+    clip = next(op for op in ops if isinstance(op, ClipEmbedder))
+    size = {"image_size": clip.size} if clip.pixels == S.PIXELS else {"clip_image_size": clip.size}
+    return [DecodeOp(DecodeParams(max_pixels=cfg.decode.max_pixels, min_side=cfg.decode.min_side, **size)), clip]
 
 
 def _check_parquet_columns(cfg: JobConfig, storage: iofs.Storage, root_uri: str, shards: list[str],

@@ -86,3 +86,13 @@ def test_another_semdedup_eps_keeps_the_scan_step_and_changes_the_cut():
 
     a, b = steps(0.05), steps(0.07)
     assert len(a) == 4 and a[:3] == b[:3] and a[3] != b[3]  # key_dedup, exact_dedup, semdedup scan | cut
+
+
+def test_reference_images_shape_their_step_and_the_selection_only():
+    cfg = parse_config({**BASE, "clip": {"weights": "random"}, "sieve": [
+        {"op": "exact_dedup"}, {"op": "vas", "target": {"kind": "reference", "images": "/ref"}}]})
+    a, b = step_sha256s(cfg, "s", {2: "ref-a"}), step_sha256s(cfg, "s", {2: "ref-b"})
+    assert a[:2] == b[:2] and a[2] != b[2]  # key_dedup, exact_dedup | vas
+    assert step_sha256s(cfg, "s") != a  # no reference fingerprint: another step identity
+    fa, fb = fingerprints(cfg, [("a.tar", 1)], {2: "ref-a"}), fingerprints(cfg, [("a.tar", 1)], {2: "ref-b"})
+    assert fa.signals == fb.signals and fa.selection != fb.selection and fa.output != fb.output

@@ -5,6 +5,7 @@ The file is read through `open_sequential` with pre-buffered column-chunk reads 
 row group are coalesced into few large ranged reads), so a shard costs a footer read plus about one request per
 8 MiB, and a transient failure resumes at the offset reached instead of failing the shard. A shard missing a configured column rejects every row (`bad_shard_schema`); a shard whose footer cannot be read is one
 `corrupt_shard` row; a row group that fails mid-file rejects each remaining row by position (`corrupt_shard`).
+An empty `caption_col` reads no caption (null captions: reference images, djray.runtime.reference).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def read_parquet_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_ord
             return
         total = pf.metadata.num_rows
         names = set(pf.schema_arrow.names)
-        missing = [c for c in (key_col, image_col, caption_col) if c not in names]
+        wanted = [c for c in (key_col, image_col, caption_col) if c]  # no caption column: captions are null
+        missing = [c for c in wanted if c not in names]
         if missing:
             detail = f"missing column(s) {missing}; shard has {sorted(names)[:20]}"
             for _ in range(total):
@@ -44,10 +46,10 @@ def read_parquet_shard(fs: pafs.FileSystem, path: str, src_shard: str, shard_ord
             yield from out.finish()
             return
         try:
-            for batch in pf.iter_batches(batch_size=rows_per_block, columns=[key_col, image_col, caption_col]):
+            for batch in pf.iter_batches(batch_size=rows_per_block, columns=wanted):
                 keys = batch.column(key_col).to_pylist()
                 images = batch.column(image_col).to_pylist()
-                captions = batch.column(caption_col).to_pylist()
+                captions = batch.column(caption_col).to_pylist() if caption_col else [None] * batch.num_rows
                 for key, image, caption in zip(keys, images, captions):
                     yield from _add_row(out, key, image, caption)
         except (pa.ArrowException, OSError) as e:

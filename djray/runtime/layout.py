@@ -14,6 +14,7 @@ Parquet dataset readers skip because the name starts with `_`).
     OUTPUT/_djray/out/<output sha>/patched/<shard>.json
     OUTPUT/_djray/done/<output sha>/<shard>.json    the shard's data/rejects files are those of this output: counts
     OUTPUT/_djray/models/<op>.json                  what a model-loading op loaded (sources, checksums)
+    OUTPUT/_djray/reference/<ref sha>/reference.parquet  vas reference images, embedded (+ reference.json: counts)
 
 `<shard>` is the shard path relative to the input root, URL-quoted into one file name. Markers whose directory names a
 fingerprint are found by listing that directory once: a resume of 40,000 shards is a handful of listings.

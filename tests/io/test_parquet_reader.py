@@ -57,6 +57,18 @@ def test_custom_column_names(tmp_path):
     assert all(r[S.CAPTION_INVALID_UTF8] is False and r[S.SRC_JSON] is None for r in out)
 
 
+
+def test_no_caption_column_reads_null_captions(tmp_path):
+    """Reference images (vas target.images) carry no caption: an empty caption_col reads none, even if present."""
+    schema = pa.schema([("sample_id", pa.string()), ("image_bytes", pa.binary())])
+    rows = [{"sample_id": f"r{i}", "image_bytes": bytes([i]) * 5} for i in range(3)]
+    path = corpus.write_parquet_shard(tmp_path / "r.parquet", rows, schema)
+    _, out = read(path, key_col="sample_id", image_col="image_bytes", caption_col="")
+    assert summary(out) == [(f"r{i}", None) for i in range(3)]
+    assert [(r[S.IMAGE], r[S.CAPTION_RAW]) for r in out] == [(bytes([i]) * 5, None) for i in range(3)]
+    _, out = read(path, key_col="sample_id", image_col="image_bytes", caption_col="alt_text")
+    assert {r[S.REJECT_REASON] for r in out} == {S.Reason.BAD_SHARD_SCHEMA}  # a configured caption column is needed
+
 def test_null_key_null_image_and_empty_key(tmp_path):
     rows = [
         {"sample_id": "a", "image_bytes": b"IMG-A", "alt_text": "ok", "extra": 0},

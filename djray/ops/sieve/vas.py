@@ -6,10 +6,11 @@ VAS_i = f_iᵀ S f_i with f_i the L2-normalised CLIP image embedding and S the U
 1. keep the top n_clip = int(N · clip_fraction) rows of the WHOLE pool (N rows) by clip_score (ties: key);
 2. among them keep the top n_vas = int(N · vas_fraction) by VAS — relative to the ORIGINAL pool, not the survivors.
 
-`target: {kind: reference, path, model}` — S from a Parquet of embeddings (`write_reference`), whose metadata names
-the CLIP model that embedded it; it must equal `model`, and the config requires `model` to be the job's `clip.model`
-(an S from another encoder is meaningless). Fixed S is per-row: a one-pass scan (clip scores, 12 bytes per row)
-finds the CLIP cut, then VAS is a ranked step (exact top n_vas, float32 score, key tie-break).
+`target: {kind: reference, path | images}` — S from a reference set: `path`, a Parquet of embeddings
+(`write_reference`), or `images`, reference images the job embeds itself with its `clip:` section (the runtime does
+that before phase B: djray.runtime.reference, and binds the Parquet it wrote). The file must be of the job's CLIP
+model and weights (vas_reference.py says what is checked). Fixed S is per-row: a one-pass scan (clip scores,
+12 bytes per row) finds the CLIP cut, then VAS is a ranked step (exact top n_vas, float32 score, key tie-break).
 
 `target: {kind: pool, iterations: T}` — VAS-D: the first S is over the whole pool BEFORE the CLIP filter; then
 T times: score the kept rows with the current S, keep the top (n − chunk), chunk = ceil((n0 − n_vas) / T), the last
@@ -28,7 +29,6 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from djray import schema as S
@@ -36,15 +36,10 @@ from djray.ops.base import Params
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import ROW_ID, RankSieve, SieveParams
 from djray.ops.sieve.clip_score import clip_scores
+from djray.ops.sieve.vas_reference import (BLOCK, ReferenceTarget, read_reference, second_moment_sum,
+                                           write_reference)
 
-MODEL_KEY = b"djray.clip_model"  # Parquet metadata of a reference file: the open_clip model that embedded it
-BLOCK = 65536  # rows per float64 Σ f fᵀ block
-
-
-class ReferenceTarget(Params):
-    kind: Literal["reference"] = "reference"
-    path: str = Field(min_length=1)
-    model: str = Field(min_length=1)  # the CLIP model that embedded the reference (= the job's clip.model)
+__all__ = ["VasParams", "VasSieve", "PoolTarget", "ReferenceTarget", "write_reference"]
 
 
 class PoolTarget(Params):
@@ -68,16 +63,6 @@ class VasParams(SieveParams):
 def ref_count(fraction: float, pool: int) -> int:
     """int(N · f), as the reference code counts (not round-half-up)."""
     return int(pool * fraction)
-
-
-def second_moment_sum(x: np.ndarray) -> np.ndarray:
-    """Σ x_i x_iᵀ in float64, blockwise."""
-    d = x.shape[1]
-    out = np.zeros((d, d))
-    for b in range(0, len(x), BLOCK):
-        xb = np.asarray(x[b:b + BLOCK], dtype=np.float64)
-        out += xb.T @ xb
-    return out
 
 
 def vas_scores(x: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -106,30 +91,6 @@ def clip_top(row_id: np.ndarray, clip: np.ndarray, key: pa.ChunkedArray, n: int)
 def in_top(rows: pa.Table, clip: np.ndarray, cut: float, ties: np.ndarray) -> np.ndarray:
     tied = (clip == np.float32(cut)) & np.isin(rows.column(ROW_ID).to_numpy(), ties)
     return (clip > cut) | tied
-
-
-def write_reference(path: str, embeddings: np.ndarray, model: str) -> None:
-    """A reference set for `target: {kind: reference}`: one `clip_image_embedding` per row, the model in metadata."""
-    emb = pa.array(list(np.asarray(embeddings, np.float32)), pa.list_(pa.float32()))
-    table = pa.table({S.CLIP_IMAGE_EMBEDDING: emb}).replace_schema_metadata({MODEL_KEY: model.encode()})
-    pq.write_table(table, path)
-
-
-def read_reference(path: str, model: str) -> np.ndarray:
-    """S = (1/M) Σ g gᵀ of a reference file's L2-normalised embeddings; its model must be `model`."""
-    from djray.io import fs as iofs
-
-    fs, p = iofs.resolve(path, iofs.Storage())
-    table = iofs.read_parquet(fs, p, [S.CLIP_IMAGE_EMBEDDING])
-    meta = pq.read_schema(fs.open_input_file(p)).metadata or {}
-    found = meta.get(MODEL_KEY, b"").decode() or None
-    if found != model:
-        raise ValueError(f"vas target {path}: embedded by CLIP model {found!r}, the job's is {model!r} "
-                         f"(an S from another encoder is meaningless)")
-    g = K.unit_rows(table, S.CLIP_IMAGE_EMBEDDING)
-    if len(g) == 0:
-        raise ValueError(f"vas target {path}: no embeddings")
-    return second_moment_sum(g) / len(g)
 
 
 class VasSieve(RankSieve):
@@ -178,8 +139,14 @@ class VasSieve(RankSieve):
                      "clip_cutoff": None if math.isinf(self.clip_cut) else self.clip_cut}
         if not pool:
             target = self.params.target
-            self.s = read_reference(target.path, target.model)
-            self.info.update(target="reference", reference=target.path, model=target.model)
+            model = target.model or target._job_model
+            if model is None:
+                raise ValueError("vas target: no CLIP model to check the reference against (set target.model)")
+            path = target.reference_file()
+            self.s, read = read_reference(path, model, target._job_weights, target._storage)
+            self.info.update(target="reference", reference=path, model=model, **read)
+            if target.images is not None:
+                self.info.update(images=target.images, embedding=target._report)
             return
         x = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
         surv = top[np.argsort(row_id[top])]  # the CLIP survivors in row-id order

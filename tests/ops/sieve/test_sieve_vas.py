@@ -122,3 +122,28 @@ def test_reference_from_another_model_is_refused(pool, tmp_path):
         parse_config({**base, "clip": None, "sieve": [{"op": "vas", "target": {"kind": "pool"}}]})
     with pytest.raises(ConfigError, match="vas_fraction 0.5 exceeds clip_fraction 0.3"):
         parse_config({**base, "sieve": [{"op": "vas", "vas_fraction": 0.5, "target": {"kind": "pool"}}]})
+
+
+def test_reference_from_other_weights_is_refused_and_old_files_check_the_model(pool, tmp_path):
+    g = np.random.default_rng(3).normal(size=(50, 24))
+    path = str(tmp_path / "ref.parquet")
+    write_reference(path, g, MODEL, weights={"weights": "file:/a.pt", "state_sha256": "aaaa"})
+    params = VasParams(target={"kind": "reference", "path": path, "model": MODEL})
+    params.target.bind(MODEL, {"weights": "file:/b.pt", "state_sha256": "bbbb"})
+    with pytest.raises(ValueError, match=r"embedded by ViT-B-16 with weights file:/a\.pt \(state_sha256 aaaa\), the "
+                                         r"job's clip weights are file:/b\.pt \(state_sha256 bbbb\)"):
+        run_sieves([params], pool)
+    same = VasParams(target={"kind": "reference", "path": path, "model": MODEL})
+    same.target.bind(MODEL, {"weights": "s3://elsewhere/a.pt", "state_sha256": "aaaa"})  # same parameters
+    sieve = build_sieve(same)
+    decide(sieve, with_runtime_columns(pool))
+    assert sieve.info["checked"] == "model and weights" and sieve.info["reference_rows"] == 50
+    old = str(tmp_path / "old.parquet")
+    write_reference(old, g, MODEL)  # no weights recorded: the model alone is checked
+    params = VasParams(target={"kind": "reference", "path": old, "model": MODEL})
+    params.target.bind(MODEL, {"weights": "file:/b.pt", "state_sha256": "bbbb"})
+    sieve = build_sieve(params)
+    decide(sieve, with_runtime_columns(pool))
+    assert sieve.info["checked"] == "model" and sieve.info["reference_weights"] is None
+    x = g / np.linalg.norm(g, axis=1, keepdims=True)
+    assert np.abs(sieve.s - x.T @ x / len(x)).max() < 1e-6  # S from the float32 file
