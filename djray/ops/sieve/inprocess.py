@@ -45,6 +45,8 @@ def decide(sieve: Sieve, rows: pa.Table) -> Decision:
 def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
     score = sieve.score(rows)
     t = sieve.threshold()
+    if t is None and getattr(sieve, "recaption", False):
+        t = _recaption_delta(sieve, rows)
     if t is not None:
         keep, cutoff = score >= t, t
     else:
@@ -52,6 +54,18 @@ def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
         cutoff = float(score[keep].min()) if keep.any() else None
     details = sieve.drop_details(rows, score, keep, cutoff)
     return Decision(keep, details, sieve.publish(rows, score))
+
+
+def _recaption_delta(sieve: RankSieve, rows: pa.Table) -> float:
+    """δ of a re-captioning cleaner with a budget: the cut-off of the top n by the ORIGINAL alignment (the table
+    carries `recaption_score`, which the runtime would have computed for the rows below δ)."""
+    align = sieve.align(rows)
+    n = sieve.budget(rows.num_rows)
+    if n >= rows.num_rows:
+        return -np.inf
+    if n <= 0:
+        return np.inf
+    return float(np.partition(align, rows.num_rows - n)[rows.num_rows - n])
 
 
 def _grouped(sieve: GroupSieve, rows: pa.Table) -> Decision:
