@@ -5,6 +5,7 @@ fails validation (dropped, detail says why); every assertion reads stored column
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import corpus
@@ -46,7 +47,8 @@ def _config(tmp_path, recaption: bool, endpoint: str | None = None):
            "sieve": [{"op": "infogrowth", "align_quantile": QUANTILE, "recaption": recaption}]}
     if recaption:
         raw["text"] = {"mode": "rewrite", "evidence": "none", "engine": "openai", "model": "tiny",
-                       "endpoint": endpoint, "api_key_env": "DJRAY_TEST_KEY", "resources": {"pool_size": 1}}
+                       "endpoint": endpoint, "api_key_env": "DJRAY_TEST_KEY", "max_retries": 1, "timeout_s": 5,
+                       "resources": {"pool_size": 1}}
     return parse_config(raw)
 
 
@@ -93,6 +95,20 @@ def _plan_replies(signals: list[dict], delta: np.float32) -> dict[str, tuple[str
     return plan
 
 
+def _exact_gains(keys: list[str], img: np.ndarray, txt: np.ndarray, seed: int, k: int = 4) -> np.ndarray:
+    """§6.3 with an exact kNN: rows in (blake2b(seed, key), key) order, each against the rows before it."""
+    u = [int.from_bytes(hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=8).digest(), "little")
+         for key in keys]
+    order = sorted(range(len(keys)), key=lambda i: (u[i], keys[i]))
+    unit = [x[order] / np.linalg.norm(x[order], axis=1, keepdims=True) for x in (img, txt)]
+    raw = np.ones(len(keys))
+    for t in range(1, len(keys)):
+        raw[t] = np.mean([np.sort(1 - x[:t] @ x[t])[:min(t, k)].mean() for x in unit])
+    out = np.empty(len(keys))
+    out[order] = raw
+    return out
+
+
 def test_recaption_rescues_low_alignment_rows(ray_cluster, tmp_path, llm, monkeypatch):
     monkeypatch.setenv("DJRAY_TEST_KEY", "k")
     _corpus(tmp_path / "in")
@@ -107,6 +123,13 @@ def test_recaption_rescues_low_alignment_rows(ray_cluster, tmp_path, llm, monkey
     llm.replies = {cap: reply for cap, (reply, _) in plan.items()}
 
     cfg = _config(tmp_path, True, llm.endpoint)
+    llm.fail = True  # an outage fails the job (resumable); it never turns into drops
+    with pytest.raises(pipeline.JobError):
+        pipeline.run(cfg, progress=False, log=lambda m: None)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "incomplete"
+    marker = out / "_djray" / "select" / f"{pipeline.prepare(cfg).selection_context().steps[1].name}.json"
+    assert llm.captions and not marker.exists()
+    llm.fail, llm.captions = False, []
     manifest = pipeline.run(cfg, progress=False, log=lambda m: None)
     low = {_seen(r[S.CAPTION_RAW]) for r in signals if r[S.CLIP_SCORE] < delta}
     assert set(plan) == low
@@ -139,14 +162,26 @@ def test_recaption_rescues_low_alignment_rows(ray_cluster, tmp_path, llm, monkey
     assert clean["delta"] == pytest.approx(float(delta)) and clean["cutoff"] == clean["delta"]
     assert clean["recaption"]["recaptioned"] == len(low) and clean["recaption"]["rescued"] == len(rescued)
     assert clean["recaption"]["failed"] == 1 and clean["recaption"]["failed_by_code"] == {"refusal": 1}
-    assert all(0.0 <= r[S.GAIN] <= 1.0 for r in data)
+    # the gain step indexed a rescued row's recaption text embedding, not phase A's (exact kNN in the test)
+    embed = _text_tower()
+    sig = {r[S.KEY]: r for r in signals}
+    kept = sorted(data, key=lambda r: r[S.KEY])
+    img = np.array([sig[r[S.KEY]][S.CLIP_IMAGE_EMBEDDING] for r in kept], np.float64)
+    txt0 = np.array([sig[r[S.KEY]][S.CLIP_TEXT_EMBEDDING] for r in kept], np.float64)
+    txt = txt0.copy()
+    for j, r in enumerate(kept):
+        if _seen(r[S.CAPTION_RAW]) in rescued:
+            txt[j] = embed([r[S.CAPTION]])[0]
+    keys = [r[S.KEY] for r in kept]
+    want, before = _exact_gains(keys, img, txt, cfg.sieve[0].seed), _exact_gains(keys, img, txt0, cfg.sieve[0].seed)
+    got = np.array([r["gain_raw"] for r in kept])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - before).max() > 1e-3  # phase A's text embeddings would have given other gains
 
     calls = len(llm.captions)
     again = pipeline.run(cfg, progress=False, log=lambda m: None)  # the same command: nothing to redo
     assert len(llm.captions) == calls and again["rows_kept"] == manifest["rows_kept"]
     # a crash after the recaption pass but before the step's marker: the step is redone from the stored recaptions
-    select = out / "_djray" / "select"
-    marker = next(p for p in select.glob("1-infogrowth-*.json") if (select / p.stem / "recaptioned").is_dir())
     before = json.loads(marker.read_text())
     marker.unlink()
     redone = pipeline.run(cfg, progress=False, log=lambda m: None)
