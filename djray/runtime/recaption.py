@@ -5,8 +5,9 @@
     text tower: actor pool)  →  per-shard fragments under the step's directory (djray.runtime.recaption_store)
 
 Only the rows below δ reach the engine. The runtime decides how the ops run, as in phases A and C: each is a
-stateful op (a model or a client pool), so an actor pool sized to the live cluster (runtime/resources.py); the
-reader and the staging are tasks. The driver counts staged rows per shard (O(#shards)) and writes a shard's
+stateful op (a model or a client pool), so an actor pool sized to the live cluster (runtime/resources.py), and the
+two share one pool when their resources are equal (runtime/fuse.py, as DINO and CLIP in phase A); the reader and
+the staging are tasks. The driver counts staged rows per shard (O(#shards)) and writes a shard's
 `recaptioned` marker once all its rows are staged; a re-run skips marked shards and restages the others, so no
 row is sent to the LLM twice after a crash of a finished shard. `EngineUnavailable` fails the stream and the job
 (resumable), never a row. Counts for the step record come from a scan of the fragments (a few bytes per row).
@@ -103,6 +104,7 @@ def run_recaption(ctx: SelectionContext, step: Step, params: CleanParams, delta:
                   evidence: bool, attached: bool, rows_per_block: int,
                   log=lambda m: None) -> dict[str, Any]:
     """Re-caption and re-score the rows below δ of every shard not yet marked; return the step's recaption counts."""
+    from djray.runtime.fuse import fuse_stateful
     from djray.runtime.ray_data import add_op
     from djray.runtime.resources import live_cluster
     from djray.runtime.stream import consume
@@ -123,7 +125,7 @@ def run_recaption(ctx: SelectionContext, step: Step, params: CleanParams, delta:
         ds = ray.data.read_datasource(
             LowAlignDatasource(ctx, [order[s] for s in todo], step.index, delta, evidence, rows_per_block),
             override_num_blocks=max(1, len(todo)), ray_remote_args=retry)
-        for op in ops:
+        for op in fuse_stateful(ops):  # equal resources (one GPU each on a one-GPU node): one actor holds both
             ds = add_op(ds, op, ctx.output_uri, ctx.storage, retry, rows_per_block)
         ds = ds.map_batches(functools.partial(stage_recaptions, ctx=ctx, step_name=step.name), batch_size=None,
                             batch_format="pyarrow", zero_copy_batch=True, **retry)
