@@ -8,8 +8,8 @@ Runs as three steps (stage `sieve:infogrowth`):
    the step record's `cutoff`. (The paper's δ = 0.4 is calibrated for BLIP features; CLIP cosines are lower.)
    `recaption: true` (§6.2's recaption): δ is decided first on the ORIGINAL aligns (as above), then every row with
    align < δ is re-captioned by the `text:` engine and its recaption embedded by the job's CLIP text tower, align' =
-   cos(image, recaption) (`recaption_score`, published); keep iff align ≥ δ or align' ≥ δ — with a quantile, rows
-   tied at δ are all kept (the rule is the threshold rule at that δ). A rescued row's text embedding is the
+   cos(image, recaption) (`recaption_score`, published); keep iff align ≥ δ or align' ≥ δ — with a quantile,
+   rows tied at δ are all kept (the rule is the threshold rule at that δ). A rescued row's text embedding is the
    recaption's for the gain step, and its caption the recaption in data/ (djray.runtime.recaption runs the pass).
 2. Gain — items in a fixed order, u = blake2b(seed, key) ascending (ties: key); two hnswlib indices (space cosine:
    distance 1 − cos; M, ef_construction, ef from `hnsw`), image and text. For each item BEFORE inserting it:

@@ -119,7 +119,8 @@ def test_config_rules():
 def _cleaner_reference(align, again, delta):
     """§6.2 in NumPy: keep iff align >= δ, or align < δ and a recaption scored align' >= δ (NaN: no recaption)."""
     align, again = np.asarray(align, np.float32), np.asarray(again, np.float32)
-    return (align >= np.float32(delta)) | ((align < np.float32(delta)) & ~np.isnan(again) & (again >= np.float32(delta)))
+    d = np.float32(delta)
+    return (align >= d) | ((align < d) & ~np.isnan(again) & (again >= d))
 
 
 def test_cleaner_with_recaptions_at_the_threshold_edge():
@@ -136,7 +137,8 @@ def test_cleaner_with_recaptions_at_the_threshold_edge():
     out = run_sieves([InfoGrowthParams(align_threshold=delta, recaption=True)], table)
     ref = _cleaner_reference(align, [np.nan if a is None else a for a in again], delta)
     assert out.column("keep").to_pylist()[:n] == ref.tolist()
-    assert ref.tolist() == [True, True, True, True, False, True, False, True, False]  # align' == δ kept, just below not
+    # align' == δ is kept (r3), align' just below δ is not (r4)
+    assert ref.tolist() == [True, True, True, True, False, True, False, True, False]
     assert out.column(S.RECAPTION_SCORE).to_pylist() == table.column(S.RECAPTION_SCORE).to_pylist()
     detail = dict(zip(out.column(S.KEY).to_pylist(), out.column("detail").to_pylist()))
     assert detail["r4"] == f"alignment 0.1000 below δ {delta:.4f}; recaption alignment {below:.4f} also below δ"

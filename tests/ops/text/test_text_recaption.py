@@ -1,4 +1,4 @@
-"""RecaptionOp: the text branch's prompt (P_O when the row has evidence) and validation, outputs as (recaption, code)."""
+"""RecaptionOp: the text branch's prompt (P_O when the row has evidence) and validation; outputs (recaption, code)."""
 
 from __future__ import annotations
 
