@@ -4,6 +4,10 @@
     table = pq.read_table("OUTPUT/signals/")              # or any table with `key` and the columns a sieve reads
     result = run_sieves([RandomParams(keep_fraction=0.5), SemDedupParams(eps=0.05)], table)   # params or sieves
     result.filter(result["keep"])
+
+An infogrowth cleaner with `recaption: true` reads the recaptions' `recaption_score` (and `_recaption_code`) from the
+table — the runtime computes them (djray.runtime.recaption); in process nothing calls an LLM, and the gain step reads
+`clip_text_embedding` as the table gives it (put a rescued row's recaption embedding there to reproduce the runtime).
 """
 
 from __future__ import annotations
