@@ -138,11 +138,19 @@ class JobConfig(Section):
         """The phase-B steps in order: key_dedup first (always), then the configured sieves, each as the runtime
         steps it runs as (semdedup: scan + cut; d4: scan + cut + prune)."""
         sieves = list(self.sieve) if self.sieve and self.sieve[0].op == "key_dedup" else [KeyDedupParams(), *self.sieve]
-        return expand_steps(sieves)
+        # a re-captioning step runs the job's text engine and CLIP text tower: it carries both sections
+        return [s.model_copy(update={"text": self._recaption_text(), "clip": self.clip})
+                if getattr(s, "recaption", False) else s for s in expand_steps(sieves)]
+
+    def _recaption_text(self) -> TextParams | None:
+        """The `text:` section as the recaption uses it: the rewrite prompt (P_M, plus P_O with class evidence)."""
+        return None if self.text is None else self.text.model_copy(update={"mode": "rewrite"})
 
     def cross_check(self) -> None:
         """Checks across sections: a sieve reading CLIP or DINO signals needs the section that computes them."""
         for i, s in enumerate(self.sieve):
+            if getattr(s, "recaption", False):
+                self._recaption_needs(f"sieve.{i}.{s.op}.recaption")
             if s.op in CLIP_SIEVES and self.clip is None:
                 raise ConfigError(f"sieve.{i}.{s.op}: reads clip_score, which needs a `clip:` section")
             if s.op in EMBEDDING_SIEVES:
@@ -155,6 +163,13 @@ class JobConfig(Section):
                 raise ConfigError(f"sieve.{i}.vas.target.model: {s.target.model} is not the job's clip.model "
                                   f"{self.clip.model} (an S from another CLIP model is meaningless)")
         self._text_has_evidence()
+
+    def _recaption_needs(self, key: str) -> None:
+        missing = ([] if self.text is not None and self.text.engine is not None else
+                   ["a `text:` section with an engine (text.engine + text.model) to write the recaptions"])
+        missing += [] if self.clip is not None else ["a `clip:` section to embed and re-score them"]
+        if missing:
+            raise ConfigError(f"{key}: true needs " + " and ".join(missing))
 
     def _text_has_evidence(self) -> None:
         """rewrite / concat with no class head would silently run the text-only ablation (Tab. 5e)."""

@@ -96,7 +96,8 @@ def _phase_b(plan: Plan, log: Callable[[str], None], progress: bool = False) -> 
     params = plan.cfg.steps()
     bind_references(plan, params, log, progress)
     return run_selection(ctx, params, lambda: _rows_in_signals(fs, layout, plan.shards),
-                         lambda: bytes_per_row(fs, layout.signals(plan.shards[0])), cluster_cpus(), log)
+                         lambda: bytes_per_row(fs, layout.signals(plan.shards[0])), cluster_cpus(), log,
+                         attached=attached_to_cluster(plan.cfg), rows_per_block=plan.cfg.input.rows_per_block)
 
 
 def _rows_in_signals(fs: pafs.FileSystem, layout: Layout, shards: list[str]) -> int:

@@ -38,6 +38,8 @@ CLIP_TEXT_EMBEDDING = "clip_text_embedding"  # L2-normalised CLIP embedding of c
 CLIP_SCORE = "clip_score"  # cos(image, text) of the two embeddings above (signals and data)
 VAS = "vas"  # vas sieve: f·S·f of the CLIP image embedding (published)
 GAIN = "gain"  # infogrowth sieve: normalised information gain in [0, 1] (published; the trainer's samplers read it)
+RECAPTION_SCORE = "recaption_score"  # infogrowth recaption: cos(CLIP image, CLIP text of the recaption) (published;
+# null for rows that were not re-captioned or whose recaption failed validation)
 
 # ---- reject columns (rejects/) ---------------------------------------------------------------------------------
 STAGE = "stage"
@@ -56,6 +58,11 @@ PIXELS = "_pixels"  # canonical crop, uint8 (S, S, 3) C-order bytes, fixed_size_
 CLIP_PIXELS = "_clip_pixels"  # the same crop at CLIP's input size, when it differs from vision.image_size
 TEXT_FALLBACK_REASON = "_text_fallback_reason"  # why the text branch kept the normalised caption (manifest counts)
 CAPTION_INVALID_UTF8 = "_caption_invalid_utf8"  # reader saw caption bytes that are not UTF-8 (decoded with U+FFFD)
+# infogrowth `recaption: true` (the selection's side files, never data/): the recaption of a low-alignment row, why
+# it failed validation (a `djray.ops.text.validate.Fallback` code), and its L2-normalised CLIP text embedding
+RECAPTION = "_recaption"
+RECAPTION_CODE = "_recaption_code"
+RECAPTION_EMBEDDING = "_recaption_embedding"
 
 CAPTION_SOURCES = ("original", "normalized", "concat", "rewrite", "fallback")
 
@@ -166,6 +173,7 @@ PUBLISHED_FIELDS: dict[str, pa.DataType] = {
     **{f"{op}_nearest": NEAREST_TYPE for op in ("semdedup", "d4")},
     VAS: pa.float32(),
     GAIN: pa.float32(),
+    RECAPTION_SCORE: pa.float32(),
     "gain_raw": pa.float32(),
     "d2_score": pa.float32(),
     "tldr_cluster_id": pa.int32(),

@@ -73,11 +73,13 @@ def tiny_lm_dir(tmp_path_factory):
 
 
 class LLMServer(ThreadingHTTPServer):
-    """An OpenAI-protocol chat server on loopback: rewrites the delimited caption, or fails on demand."""
+    """An OpenAI-protocol chat server on loopback: rewrites the delimited caption (or sends the reply set for it in
+    `replies`), or fails on demand."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.captions: list[str] = []
+        self.replies: dict[str, str] = {}  # caption -> the reply to send for it (default: "A photo of <caption>")
         self.fail = False
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -99,11 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
         caption = re.search(r"<caption>(.*?)</caption>", prompt, re.S).group(1).strip()
         with self.server.lock:
             self.server.captions.append(caption)
+        reply = self.server.replies.get(caption, f"A photo of {caption}")
         if self.server.fail:
             status, payload = 500, {"error": {"message": "down"}}
         else:
             status, payload = 200, {"choices": [{"index": 0, "finish_reason": "stop",
-                                                 "message": {"role": "assistant", "content": f"A photo of {caption}"}}]}
+                                                 "message": {"role": "assistant", "content": reply}}]}
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

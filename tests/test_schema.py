@@ -86,6 +86,7 @@ def test_published_kmeans_columns_are_pinned():
     names = {n: str(t) for n, t in S.PUBLISHED_FIELDS.items()}
     for prefix in ("", "cluster_", "semdedup_", "d4_dedup_", "d4_"):
         assert names[f"{prefix}cluster_id"] == "int32" and names[f"{prefix}cos_to_centroid"] == "float"
+    assert names["recaption_score"] == "float"  # infogrowth recaption: align' (null without a recaption)
     for op in ("semdedup", "d4"):
         assert names[f"{op}_max_sim"] == "float"
         assert names[f"{op}_nearest"] == "struct<key: string, src_shard: string, src_index: int64>"

@@ -19,6 +19,7 @@ from djray import schema as S
 from djray.io import fs as iofs
 from djray.ops.sieve.base import ROW_ID
 from djray.runtime.layout import Layout
+from djray.runtime.recaption_store import rescued_text_embeddings
 from djray.runtime.signals import read_signals
 
 SHARD_BITS = 32
@@ -31,6 +32,7 @@ class Step:
     reason: str
     writes: tuple[str, ...] = ()
     sha: str = ""  # fingerprint of the signals and the steps up to this one (fingerprint.step_sha256s)
+    recaption: bool = False  # re-captions rows below δ (infogrowth): later steps read rescued rows' new text embedding
 
     @property
     def name(self) -> str:
@@ -80,7 +82,8 @@ def read_decisions(ctx: SelectionContext, step: Step, src_shard: str) -> pa.Tabl
 
 def alive_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...], before: int) -> pa.Table:
     """A shard's rows alive after phase A and steps 0..before-1, with the runtime columns and `columns`: signal
-    columns, or columns an earlier step published (read from its decision file, e.g. SemDeDup's M for its cut)."""
+    columns, or columns an earlier step published (read from its decision file, e.g. SemDeDup's M for its cut).
+    After a re-captioning step, a row it rescued reads its recaption's `clip_text_embedding`."""
     src_shard = ctx.shards[order]
     fs, layout = ctx.sig()
     earlier = ctx.steps[:before]
@@ -101,6 +104,9 @@ def alive_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...], befo
         else:
             at = pc.index_in(table.column(S.SRC_INDEX), value_set=decided.column(S.SRC_INDEX))
             table = table.append_column(c, decided.column(c).take(at))
+    recaptioned = [step.name for step in earlier if step.recaption]
+    if recaptioned and S.CLIP_TEXT_EMBEDDING in columns:
+        table = rescued_text_embeddings(*ctx.out(), recaptioned, src_shard, table)
     ids = row_ids(order, table.column(S.SRC_INDEX).to_numpy())
     shard_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)), pa.array([src_shard]))
     return table.append_column(ROW_ID, pa.array(ids)).append_column(S.SRC_SHARD, shard_col)

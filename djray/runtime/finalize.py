@@ -4,7 +4,8 @@ The signals store holds no image bytes, so the source shard is read again (once,
 `src_json`; every row must match its signals row (same key, and sha256 of the image bytes equal to `img_sha256`), or
 the task fails: a source that changed since its signals were computed is never mixed into the output. `patch_idx`
 is chosen here from the stored `patch_scores` with the selection's ratio/strategy/seed, so another ratio needs no
-model. Column patches from the ops that saw kept rows only (the text branch) are applied by src_index.
+model. Column patches from the ops that saw kept rows only (the text branch) are applied by src_index; a row an
+infogrowth recaption rescued takes its recaption as caption.
 
 Files are written atomically under deterministic names, then the shard's done marker (under the output
 fingerprint); a re-run rewrites the same names.
@@ -29,6 +30,7 @@ from djray.io.writer import AccountingError, apply_patches, evidence_histogram, 
 from djray.patches import select_patches
 from djray.runtime.decisions import SelectionContext, read_decisions
 from djray.runtime.ledger import Ledger
+from djray.runtime.recaption_store import read_recaptions
 from djray.runtime.signals import read_signals
 
 
@@ -80,6 +82,7 @@ def finalize_shard(spec: FinalizeSpec, order: int) -> dict[str, Any]:
         patches = [iofs.read_parquet(fs, f)
                    for f in iofs.list_files(fs, layout.patch_dir(spec.output_sha, src_shard), ".parquet")]
         table = apply_patches(table, patches, src_shard)
+    table = _apply_recaptions(table, ctx, src_shard)
     vision = spec.patches is not None
     data = project(table.filter(alive), S.data_schema(vision, spec.published, spec.clip), spec.footer)
     rejects = project(table.filter(pc.invert(alive)), S.rejects_schema(vision, spec.published, spec.clip),
@@ -143,6 +146,29 @@ def _apply_decisions(table: pa.Table, ctx: SelectionContext, src_shard: str,
         if name not in table.column_names:
             table = _set(table, name, pa.nulls(table.num_rows, S.PUBLISHED_FIELDS[name]))
     return table, any_published
+
+
+def _apply_recaptions(table: pa.Table, ctx: SelectionContext, src_shard: str) -> pa.Table:
+    """A kept row an infogrowth recaption rescued: `caption` = its recaption, `caption_source` = rewrite (the text
+    branch skipped it: djray.runtime.kept), `caption_raw` unchanged."""
+    fs, layout = ctx.out()
+    alive = pc.is_null(table.column(S.REASON))
+    for step in ctx.steps:
+        if not step.recaption:
+            continue
+        t = read_recaptions(fs, layout, step.name, src_shard, [S.RECAPTION, S.RECAPTION_SCORE])
+        t = t.filter(pc.is_valid(t.column(S.RECAPTION_SCORE)))
+        if not t.num_rows:
+            continue
+        at = pc.index_in(table.column(S.SRC_INDEX), value_set=t.column(S.SRC_INDEX))
+        rescued = pc.and_(alive, at.is_valid())
+        for name, value in ((S.CAPTION, t.column(S.RECAPTION).take(at)), (S.CAPTION_SOURCE, pa.scalar("rewrite")),
+                            (S.TEXT_FALLBACK_REASON, pa.scalar(None, pa.string()))):
+            if name == S.TEXT_FALLBACK_REASON and name not in table.column_names:
+                continue
+            old = table.column(name) if name in table.column_names else pa.nulls(table.num_rows, pa.string())
+            table = _set(table, name, pc.if_else(rescued, value, old))
+    return table
 
 
 def _patch_idx(table: pa.Table, alive: pa.ChunkedArray, p: PatchSelection) -> pa.Array:

@@ -12,11 +12,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from djray import schema as S
 from djray.io import fs as iofs
 from djray.runtime.decisions import SelectionContext, alive_rows
+from djray.runtime.recaption_store import read_recaptions
 from djray.runtime.signals import fragment_name, stage_by_shard
+
+RESCUED = "recaptioned"  # op-facing reject reason of a rescued row in the kept-rows pass (never written)
+
 
 def read_kept_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...],
                    rows_per_block: int) -> Iterator[pa.Table]:
@@ -26,12 +31,27 @@ def read_kept_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...],
         S.SRC_SHARD, pa.array([ctx.shards[order]] * kept.num_rows, pa.string()))
     for name in (S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ROWS):
         kept = kept.append_column(name, pa.nulls(kept.num_rows, pa.int64() if name == S.SHARD_ROWS else pa.string()))
+    kept = _skip_rescued(ctx, order, kept)
     for start in range(0, kept.num_rows, rows_per_block):
         yield kept.slice(start, rows_per_block)
     marker: dict[str, list[Any]] = {name: [None] for name in kept.column_names}
     marker.update({S.SRC_SHARD: [ctx.shards[order]], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
                    S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [kept.num_rows]})
     yield pa.table(marker, schema=kept.schema)
+
+
+def _skip_rescued(ctx: SelectionContext, order: int, kept: pa.Table) -> pa.Table:
+    """Rows an infogrowth recaption rescued already carry an LLM caption: the ops see them as not alive (they write
+    nulls there, and the final write sets the recaption), so the text branch never rewrites a recaption."""
+    fs, layout = ctx.out()
+    for step in ctx.steps:
+        if step.recaption:
+            t = read_recaptions(fs, layout, step.name, ctx.shards[order], [S.RECAPTION_SCORE])
+            rescued = t.filter(pc.is_valid(t.column(S.RECAPTION_SCORE))).column(S.SRC_INDEX)
+            mask = pc.is_in(kept.column(S.SRC_INDEX), value_set=rescued)
+            i = kept.schema.get_field_index(S.REJECT_REASON)
+            kept = kept.set_column(i, S.REJECT_REASON, pc.if_else(mask, RESCUED, kept.column(S.REJECT_REASON)))
+    return kept
 
 
 def stage_patches(batch: pa.Table, ctx: SelectionContext, output_sha: str, columns: tuple[str, ...]) -> pa.Table:

@@ -10,6 +10,8 @@ Parquet dataset readers skip because the name starts with `_`).
     OUTPUT/_djray/sealed/<signals sha>/<shard>.json phase A of the shard is complete: its signals file is written
     OUTPUT/_djray/select/<i>-<op>-<step sha>.json                 phase B step i is complete: its counts
     OUTPUT/_djray/select/<i>-<op>-<step sha>/<shard>.parquet      step i's decisions for one shard
+    OUTPUT/_djray/select/<i>-infogrowth-<step sha>/recaption/<shard>/  an infogrowth recaption step's recaptions
+    OUTPUT/_djray/select/<i>-infogrowth-<step sha>/recaptioned/<shard>.json  (runtime/recaption_store.py)
     OUTPUT/_djray/out/<output sha>/patches/<shard>/  column patches of the ops that see kept rows only (text)
     OUTPUT/_djray/out/<output sha>/patched/<shard>.json
     OUTPUT/_djray/done/<output sha>/<shard>.json    the shard's data/rejects files are those of this output: counts

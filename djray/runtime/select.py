@@ -18,6 +18,7 @@ for shards written after a crash. An unfinished step's files are deleted and the
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from djray.ops.sieve import build_sieve
 from djray.ops.sieve.base import GROUP, ROW_ID, GroupSieve, RankSieve, Sieve, SieveParams, sample_filter, \
     sample_order, sample_seed
 from djray.runtime.decisions import SelectionContext, Step, alive_rows, decision_rows, write_decisions
+from djray.runtime.recaption import run_recaption
+from djray.runtime.recaption_store import attach, read_recaptions
 
 TARGET_PARTITION_BYTES = 256 << 20  # rows one reduce task holds, in bytes of the columns its sieve reads
 TARGET_MAP_BYTES = 128 << 20
@@ -45,17 +48,19 @@ MAX_FITTED_BYTES = 512 << 20
 
 def steps_of(params: list[SieveParams], shas: list[str]) -> tuple[Step, ...]:
     sieves = [build_sieve(p) for p in params]
-    return tuple(Step(i, p.op, s.reason, tuple(s.writes), sha)
+    return tuple(Step(i, p.op, s.reason, tuple(s.writes), sha, bool(getattr(s, "recaption", False)))
                  for i, (p, s, sha) in enumerate(zip(params, sieves, shas)))
 
 
 def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: Callable[[], int],
                   column_bytes: Callable[[], dict[str, float]], cpus: int,
-                  log: Callable[[str], None] = lambda m: None) -> list[dict[str, Any]]:
+                  log: Callable[[str], None] = lambda m: None, attached: bool = False,
+                  rows_per_block: int = 256) -> list[dict[str, Any]]:
     """Run every step not yet marked done; return one record per step (rows_in, dropped, kept, describe).
 
     `pool_rows` (rows alive before the first step, an estimate is fine) and `column_bytes` (bytes per row of each
-    signal column) are asked for only when a step has to run: they size the tasks."""
+    signal column) are asked for only when a step has to run: they size the tasks. `attached` (a cluster, not a
+    local instance) and `rows_per_block` size a recaption pass's actor pools and blocks."""
     fs, layout = ctx.out()
     records: list[dict[str, Any]] = []
     pool: int | None = None
@@ -64,12 +69,14 @@ def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: C
         marker_path = layout.step_marker(step.name)
         record = iofs.read_json(fs, marker_path)
         if record is None:
-            iofs.delete_dir(fs, layout.step_dir(step.name))
+            _delete_decisions(fs, layout.step_dir(step.name))
             sieve = build_sieve(p)
             pool = pool_rows() if pool is None else pool
             widths = column_bytes() if widths is None else widths
             width = 64 + sum(widths.get(c, 16) for c in sieve.reads)
-            record = _run_step(ctx, step, sieve, pool, width, cpus)
+            recaption = dict(attached=attached, rows_per_block=rows_per_block, log=log,
+                             evidence=S.VIS_EVIDENCE in widths) if step.recaption else None
+            record = _run_step(ctx, step, sieve, pool, width, cpus, recaption)
             record.update(op=step.op, step=step.name, params=p.model_dump(mode="json"))
             iofs.write_json(fs, marker_path, record)
             log(f"[select] {step.name}: {record['dropped']:,} of {record['rows_in']:,} rows dropped")
@@ -78,12 +85,22 @@ def run_selection(ctx: SelectionContext, params: list[SieveParams], pool_rows: C
     return records
 
 
+def _delete_decisions(fs, step_dir: str) -> None:
+    """An unfinished step's decision files; its recaptions (a subdirectory, per shard complete or not) are kept."""
+    from pyarrow.fs import FileSelector, FileType
+
+    for info in fs.get_file_info(FileSelector(step_dir, recursive=False, allow_not_found=True)):
+        if info.type == FileType.File:
+            fs.delete_file(info.path)
+
+
 def _chunks(n_shards: int, rows: int, width: float, cpus: int) -> list[list[int]]:
     n = max(1, min(n_shards, max(2 * cpus, math.ceil(rows * width / TARGET_MAP_BYTES))))
     return [list(range(i, n_shards, n)) for i in range(n)]
 
 
-def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width: float, cpus: int) -> dict[str, Any]:
+def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width: float, cpus: int,
+              recaption: dict[str, Any] | None = None) -> dict[str, Any]:
     chunks = _chunks(len(ctx.shards), pool, width, cpus)
     ctx_ref = ray.put(ctx)
     retry = task_args(ctx.task_retries)
@@ -91,7 +108,10 @@ def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width:
         sieve = _fit(ctx_ref, chunks, step, sieve, pool, cpus, retry)
     sieve_ref = ray.put(sieve)
     if isinstance(sieve, RankSieve):
-        return {**_ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry), "describe": sieve.describe()}
+        again = None
+        if recaption is not None:  # between δ and the decisions: re-caption and re-score the rows below δ
+            again = functools.partial(run_recaption, ctx, step, sieve.params, chunks=chunks, **recaption)
+        return {**_ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry, again), "describe": sieve.describe()}
     assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
     parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
     return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)),
@@ -223,21 +243,26 @@ def _empty_published(step: Step) -> dict[str, pa.Array]:
 
 # ---- ranked sieves -------------------------------------------------------------------------------------------------
 
-def _ranked(ctx_ref, chunks: list[list[int]], step: Step, sieve: RankSieve, sieve_ref, retry: dict) -> dict[str, Any]:
+def _ranked(ctx_ref, chunks: list[list[int]], step: Step, sieve: RankSieve, sieve_ref, retry: dict,
+            recaption: Callable[[float], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`recaption(δ)` (a recaption step): after the cut-off δ is known, before deciding; ties at δ are then all
+    kept (the rule is align ≥ δ or align' ≥ δ)."""
     cutoff, ties = sieve.threshold(), None
     rows_in = None
     if cutoff is None:
         scored = [_scores.options(**retry).remote(ctx_ref, c, step.index, sieve_ref) for c in chunks]
         cutoff, n_keep, rows_in, need, tied = ray.get(_cut.options(**retry).remote(sieve_ref, *scored))
-        if need is not None and need < tied:
+        if need is not None and need < tied and recaption is None:
             tie_rows = [_tied.options(**retry).remote(ctx_ref, c, step.index, sieve_ref, cutoff) for c in chunks]
             ties = ray.get(_pick_ties.options(**retry).remote(need, *tie_rows))
+    extra = {} if recaption is None else {"delta": None if math.isinf(cutoff) else float(cutoff),
+                                          "recaption": recaption(cutoff)}
     counts = ray.get([_decide.options(**retry).remote(ctx_ref, c, step, sieve_ref, cutoff, ties) for c in chunks])
     seen = sum(c[0] for c in counts)
     dropped = sum(c[1] for c in counts)
     record = {"rows_in": seen, "dropped": dropped, "kept": seen - dropped, "files": sum(c[2] for c in counts),
               "cutoff": None if cutoff is None or math.isinf(cutoff) else float(cutoff),
-              "tasks": {"map": len(chunks)}}
+              "tasks": {"map": len(chunks)}, **extra}
     assert rows_in is None or rows_in == seen
     return record
 
@@ -294,6 +319,10 @@ def _decide(ctx: SelectionContext, orders: list[int], step: Step, sieve: RankSie
         rows = alive_rows(ctx, o, sieve.reads, step.index)
         if not rows.num_rows:
             continue
+        if step.recaption:  # align' and the validation code of the rows below δ
+            fs, layout = ctx.out()
+            names = (S.RECAPTION_SCORE, S.RECAPTION_CODE)
+            rows = attach(rows, read_recaptions(fs, layout, step.name, ctx.shards[o], list(names)), names)
         score = np.asarray(sieve.score(rows), dtype=np.float32)
         cut = np.float32(cutoff) if not math.isinf(cutoff) else cutoff
         keep = score > cut if ties is not None else score >= cut

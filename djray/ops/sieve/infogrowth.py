@@ -6,6 +6,11 @@ Runs as three steps (stage `sieve:infogrowth`):
 1. Clean — align = clip_score = cos(CLIP image, CLIP text). `align_threshold: δ` keeps align ≥ δ; `align_quantile:
    q` drops exactly the round-half-up(q · pool) rows of lowest align (ties: key), and δ = the lowest align kept is
    the step record's `cutoff`. (The paper's δ = 0.4 is calibrated for BLIP features; CLIP cosines are lower.)
+   `recaption: true` (§6.2's recaption): δ is decided first on the ORIGINAL aligns (as above), then every row with
+   align < δ is re-captioned by the `text:` engine and its recaption embedded by the job's CLIP text tower, align' =
+   cos(image, recaption) (`recaption_score`, published); keep iff align ≥ δ or align' ≥ δ — with a quantile,
+   rows tied at δ are all kept (the rule is the threshold rule at that δ). A rescued row's text embedding is the
+   recaption's for the gain step, and its caption the recaption in data/ (djray.runtime.recaption runs the pass).
 2. Gain — items in a fixed order, u = blake2b(seed, key) ascending (ties: key); two hnswlib indices (space cosine:
    distance 1 − cos; M, ef_construction, ef from `hnsw`), image and text. For each item BEFORE inserting it:
    G_I = mean distance to its k' = min(#indexed, k) nearest indexed images, G_T the same for texts; an empty index
@@ -25,6 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from djray import schema as S
@@ -32,6 +38,8 @@ from djray.ops.base import Params
 from djray.ops.sieve import kmeans as K
 from djray.ops.sieve.base import Decision, GroupSieve, RankSieve, SieveParams, float32_ceil, hash_order, keep_count
 from djray.ops.sieve.clip_score import clip_scores
+from djray.ops.text.params import TextParams
+from djray.ops.vision.clip_embed import ClipParams
 
 GAIN_RAW = "gain_raw"
 
@@ -57,15 +65,13 @@ class InfoGrowthParams(K.KMeansFields):
     def _rules(self) -> InfoGrowthParams:
         if (self.align_threshold is None) == (self.align_quantile is None):
             raise ValueError("give exactly one of align_threshold or align_quantile")
-        if self.recaption:
-            raise ValueError("recaption: true is not supported yet (re-captioning low-alignment rows through the "
-                             "text engine before the cleaner); use recaption: false")
         return self
 
     def steps(self, prefixed: bool) -> list[SieveParams]:
         kmeans = dict(n_clusters=self.n_clusters, embedding=self.embedding, seed=self.seed, niter=self.niter,
                       sample_per_centroid=self.sample_per_centroid)
-        return [CleanParams(align_threshold=self.align_threshold, align_quantile=self.align_quantile),
+        return [CleanParams(align_threshold=self.align_threshold, align_quantile=self.align_quantile,
+                            recaption=self.recaption),
                 GainParams(k=self.k, hnsw=self.hnsw, partition=self.partition, **kmeans),
                 NormParams(keep_fraction=self.keep_fraction)]
 
@@ -74,6 +80,11 @@ class CleanParams(SieveParams):
     op: Literal["infogrowth"] = "infogrowth"
     align_threshold: float | None = None
     align_quantile: float | None = None
+    recaption: bool = False
+    # with recaption, the job's `text:` and `clip:` sections (JobConfig.steps fills them): they shape the recaptions,
+    # so they are part of this step's fingerprint
+    text: TextParams | None = None
+    clip: ClipParams | None = None
 
 
 class GainParams(K.KMeansFields):
@@ -95,8 +106,23 @@ class InfoGrowthClean(RankSieve):
     reads: ClassVar[tuple[str, ...]] = (S.CLIP_SCORE,)
     reason: ClassVar[str] = S.Reason.INFOGROWTH_MISALIGNED
 
-    def score(self, rows: pa.Table) -> np.ndarray:
+    def __init__(self, params: CleanParams):
+        super().__init__(params)
+        self.params: CleanParams = params
+        self.recaption = params.recaption
+        self.writes = (S.RECAPTION_SCORE,) if params.recaption else ()
+
+    def align(self, rows: pa.Table) -> np.ndarray:
+        """The original alignment (δ of a quantile is decided on these)."""
         return clip_scores(rows)
+
+    def score(self, rows: pa.Table) -> np.ndarray:
+        """align, or max(align, align') once the runtime attached `recaption_score` (null: no recaption)."""
+        align = self.align(rows)
+        if not self.recaption or S.RECAPTION_SCORE not in rows.column_names:
+            return align
+        again = pc.fill_null(rows.column(S.RECAPTION_SCORE).cast(pa.float32()), -np.inf).to_numpy()
+        return np.fmax(align, np.asarray(again, dtype=np.float32))
 
     def threshold(self) -> float | None:
         t = self.params.align_threshold
@@ -108,9 +134,37 @@ class InfoGrowthClean(RankSieve):
     def drop_detail(self, score: float, cutoff: float | None) -> str:
         return f"alignment {score:.4f} below δ {cutoff:.4f}" if cutoff is not None else f"alignment {score:.4f}"
 
+    def drop_details(self, rows: pa.Table, score: np.ndarray, keep: np.ndarray,
+                     cutoff: float | None) -> list[str | None]:
+        align = self.align(rows)
+        again, code = (_column(rows, c) for c in (S.RECAPTION_SCORE, S.RECAPTION_CODE))
+        out: list[str | None] = []
+        for i, k in enumerate(keep):
+            if k:
+                out.append(None)
+                continue
+            detail = self.drop_detail(float(align[i]), cutoff)
+            if again[i] is not None:
+                detail += f"; recaption alignment {again[i]:.4f} also below δ"
+            elif code[i] is not None:
+                detail += f"; the recaption failed validation ({code[i]})"
+            out.append(detail)
+        return out
+
+    def publish(self, rows: pa.Table, score: np.ndarray) -> dict[str, pa.Array]:
+        if not self.recaption:
+            return {}
+        if S.RECAPTION_SCORE not in rows.column_names:
+            return {S.RECAPTION_SCORE: pa.nulls(rows.num_rows, pa.float32())}
+        return {S.RECAPTION_SCORE: rows.column(S.RECAPTION_SCORE).combine_chunks().cast(pa.float32())}
+
     def describe(self) -> dict[str, Any]:
         return {"rule": "align_threshold" if self.params.align_quantile is None else "align_quantile",
-                "delta": self.params.align_threshold}
+                "delta": self.params.align_threshold, "recaption": self.recaption}
+
+
+def _column(rows: pa.Table, name: str) -> list[Any]:
+    return rows.column(name).to_pylist() if name in rows.column_names else [None] * rows.num_rows
 
 
 def online_gains(img: np.ndarray, txt: np.ndarray, k: int, hnsw: HnswParams) -> np.ndarray:

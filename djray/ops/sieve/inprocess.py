@@ -4,6 +4,10 @@
     table = pq.read_table("OUTPUT/signals/")              # or any table with `key` and the columns a sieve reads
     result = run_sieves([RandomParams(keep_fraction=0.5), SemDedupParams(eps=0.05)], table)   # params or sieves
     result.filter(result["keep"])
+
+An infogrowth cleaner with `recaption: true` reads the recaptions' `recaption_score` (and `_recaption_code`) from the
+table — the runtime computes them (djray.runtime.recaption); in process nothing calls an LLM, and the gain step reads
+`clip_text_embedding` as the table gives it (put a rescued row's recaption embedding there to reproduce the runtime).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def decide(sieve: Sieve, rows: pa.Table) -> Decision:
 def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
     score = sieve.score(rows)
     t = sieve.threshold()
+    if t is None and getattr(sieve, "recaption", False):
+        t = _recaption_delta(sieve, rows)
     if t is not None:
         keep, cutoff = score >= t, t
     else:
@@ -52,6 +58,18 @@ def _rank(sieve: RankSieve, rows: pa.Table) -> Decision:
         cutoff = float(score[keep].min()) if keep.any() else None
     details = sieve.drop_details(rows, score, keep, cutoff)
     return Decision(keep, details, sieve.publish(rows, score))
+
+
+def _recaption_delta(sieve: RankSieve, rows: pa.Table) -> float:
+    """δ of a re-captioning cleaner with a budget: the cut-off of the top n by the ORIGINAL alignment (the table
+    carries `recaption_score`, which the runtime would have computed for the rows below δ)."""
+    align = sieve.align(rows)
+    n = sieve.budget(rows.num_rows)
+    if n >= rows.num_rows:
+        return -np.inf
+    if n <= 0:
+        return np.inf
+    return float(np.partition(align, rows.num_rows - n)[rows.num_rows - n])
 
 
 def _grouped(sieve: GroupSieve, rows: pa.Table) -> Decision:

@@ -97,9 +97,69 @@ def test_order_is_independent_of_shards_and_workers(pool, tmp_path, ray_cluster)
 
 def test_config_rules():
     base = {"input": {"path": "/x", "format": "webdataset"}, "output": {"path": "/o"}, "clip": {"weights": "random"}}
-    with pytest.raises(ConfigError, match="recaption: true is not supported yet"):
-        parse_config({**base, "sieve": [{"op": "infogrowth", "align_threshold": 0.2, "recaption": True}]})
+    text = {"mode": "none", "engine": "transformers", "model": "/models/tiny"}
+    recaption = [{"op": "key_dedup"}, {"op": "infogrowth", "align_threshold": 0.2, "recaption": True}]
+    for cfg, missing in (({**base}, "text"), ({**base, "text": {"mode": "text_only"}}, "text"),
+                         ({"input": base["input"], "output": base["output"], "text": text}, "clip")):
+        with pytest.raises(ConfigError) as e:
+            parse_config({**cfg, "sieve": recaption})
+        message = str(e.value)
+        assert message.startswith("sieve.1.infogrowth.recaption: true needs") and f"`{missing}:`" in message
+        assert "\n" not in message  # one error, naming the key
+    cfg = parse_config({**base, "text": text, "sieve": recaption})
+    clean = cfg.steps()[1]
+    assert clean.recaption and clean.text.engine == "transformers" and clean.clip.weights == "random"
+    assert clean.text.mode == "rewrite"  # the recaption prompt, whatever the text branch's own mode
     with pytest.raises(ConfigError, match="exactly one of align_threshold or align_quantile"):
         parse_config({**base, "sieve": [{"op": "infogrowth"}]})
     cfg = parse_config({**base, "sieve": [{"op": "infogrowth", "align_quantile": 0.1, "hnsw": {"M": 16}}]})
     assert [s.op for s in cfg.steps()] == ["key_dedup", "infogrowth", "infogrowth", "infogrowth"]
+
+
+def _cleaner_reference(align, again, delta):
+    """§6.2 in NumPy: keep iff align >= δ, or align < δ and a recaption scored align' >= δ (NaN: no recaption)."""
+    align, again = np.asarray(align, np.float32), np.asarray(again, np.float32)
+    d = np.float32(delta)
+    return (align >= d) | ((align < d) & ~np.isnan(again) & (again >= d))
+
+
+def test_cleaner_with_recaptions_at_the_threshold_edge():
+    delta = float(np.float32(0.3))
+    below = float(np.nextafter(np.float32(delta), np.float32(-1)))
+    align = [0.5, delta, below, 0.1, 0.1, 0.2, 0.25, below, 0.0]
+    again = [None, None, delta, delta, below, 0.9, None, 0.31, None]  # None: no recaption (e.g. failed validation)
+    codes = [None, None, None, None, None, None, "too_long", None, "refusal"]
+    n = len(align)
+    table = pa.table({S.KEY: [f"r{i}" for i in range(n)], S.CLIP_SCORE: pa.array(align, pa.float32()),
+                      S.RECAPTION_SCORE: pa.array(again, pa.float32()), S.RECAPTION_CODE: pa.array(codes),
+                      **{c: pa.array(np.random.default_rng(i).normal(size=(n, 4)).tolist(), pa.list_(pa.float32()))
+                         for i, c in enumerate((S.CLIP_IMAGE_EMBEDDING, S.CLIP_TEXT_EMBEDDING))}})
+    out = run_sieves([InfoGrowthParams(align_threshold=delta, recaption=True)], table)
+    ref = _cleaner_reference(align, [np.nan if a is None else a for a in again], delta)
+    assert out.column("keep").to_pylist()[:n] == ref.tolist()
+    # align' == δ is kept (r3), align' just below δ is not (r4)
+    assert ref.tolist() == [True, True, True, True, False, True, False, True, False]
+    assert out.column(S.RECAPTION_SCORE).to_pylist() == table.column(S.RECAPTION_SCORE).to_pylist()
+    detail = dict(zip(out.column(S.KEY).to_pylist(), out.column("detail").to_pylist()))
+    assert detail["r4"] == f"alignment 0.1000 below δ {delta:.4f}; recaption alignment {below:.4f} also below δ"
+    assert detail["r6"].endswith("; the recaption failed validation (too_long)")
+    assert detail["r8"].endswith("(refusal)") and set(out.column("reason").drop_null().to_pylist()) == {
+        S.Reason.INFOGROWTH_MISALIGNED}
+
+
+def test_cleaner_with_recaptions_and_a_quantile(pool):
+    rng = np.random.default_rng(1)
+    align = pool.column(S.CLIP_SCORE).to_numpy()
+    q = 0.3
+    n_drop = int(np.floor(q * len(align) + 0.5))
+    delta = np.sort(align)[n_drop]  # δ: the lowest align kept by the quantile on the ORIGINAL aligns
+    again = np.where(align < delta, rng.uniform(delta - 0.05, delta + 0.05, len(align)), np.nan).astype(np.float32)
+    again[np.flatnonzero(align < delta)[:5]] = delta  # exactly at δ: rescued
+    table = pool.append_column(S.RECAPTION_SCORE, pa.array(np.where(np.isnan(again), None, again).tolist(),
+                                                           pa.float32()))
+    out = run_sieves([InfoGrowthParams(align_quantile=q, recaption=True, seed=2)], table)
+    by_key = dict(zip(out.column(S.KEY).to_pylist(), out.column("keep").to_pylist()))
+    ref = _cleaner_reference(align, again, delta)
+    assert [by_key[k] for k in pool.column(S.KEY).to_pylist()] == ref.tolist()
+    rescued = (align < delta) & ref
+    assert 5 <= rescued.sum() < (align < delta).sum()  # some rescued, some not
