@@ -175,16 +175,26 @@ class ClipEmbedder(Op):
         """uint8 (B, S, S, 3) crops + captions → L2-normalised float32 (B, E) image and text embeddings."""
         import torch
 
-        from djray.models.clip import encode_text
         from djray.models.dino import autocast
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
         x = (x.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
-        tokens = self.tokenizer(captions).to(self.device)
         with torch.inference_mode(), autocast(x.device.type, self.precision):
             img = self.model.encode_image(x)
+        return _unit(img.float().cpu().numpy()), self.encode_texts(captions)
+
+    def encode_texts(self, captions: list[str]) -> np.ndarray:
+        """Captions → L2-normalised float32 (B, E) text embeddings (the tokenizer, the tower up to the batch's last
+        end-of-text token, the op's precision)."""
+        import torch
+
+        from djray.models.clip import encode_text
+        from djray.models.dino import autocast
+
+        tokens = self.tokenizer(captions).to(self.device)
+        with torch.inference_mode(), autocast(tokens.device.type, self.precision):
             txt = encode_text(self.model, tokens)
-        return _unit(img.float().cpu().numpy()), _unit(txt.float().cpu().numpy())
+        return _unit(txt.float().cpu().numpy())
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

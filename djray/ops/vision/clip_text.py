@@ -2,8 +2,9 @@
 (infogrowth `recaption: true`, seed-algorithms §6.2: align' = cos(I_i, T'_i)).
 
 The same model, weights, tokenizer and precision as phase A's `ClipEmbedder` (it is one, loaded from the job's
-`clip:` section), so align' and the phase-A `clip_score` are the same function of (image, caption): a recaption
-equal to the original caption scores exactly the original alignment. Reads ``_recaption`` (null: nothing to embed)
+`clip:` section, and embeds text with its `encode_texts`), so align' and the phase-A `clip_score` are the same
+function of (image, caption): a recaption equal to the original caption scores the original alignment (to float
+rounding: the text tower's length follows the batch). Reads ``_recaption`` (null: nothing to embed)
 and ``clip_image_embedding`` (L2-normalised, from the signals store: no image is decoded again). Writes, per row with
 a recaption:
 
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from djray import schema as S
-from djray.ops.vision.clip_embed import ClipEmbedder, ClipParams, _unit
+from djray.ops.vision.clip_embed import ClipEmbedder, ClipParams
 
 
 class ClipTextScorer(ClipEmbedder):
@@ -31,17 +32,6 @@ class ClipTextScorer(ClipEmbedder):
     def __init__(self, params: ClipParams, vision_image_size: int | None = None, cache_dir: str | None = None):
         super().__init__(params, vision_image_size, cache_dir)
         self.reads = (S.RECAPTION, S.CLIP_IMAGE_EMBEDDING, S.REJECT_REASON)
-
-    def encode_texts(self, captions: list[str]) -> np.ndarray:
-        """Captions → L2-normalised float32 (B, E) text embeddings (phase A's tokenizer, tower and precision)."""
-        import torch
-
-        from djray.models.dino import autocast
-
-        tokens = self.tokenizer(captions).to(self.device)
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            txt = self.model.encode_text(tokens)
-        return _unit(txt.float().cpu().numpy())
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
         from djray.ops.base import alive_mask
