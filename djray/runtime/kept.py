@@ -27,17 +27,28 @@ def read_kept_rows(ctx: SelectionContext, order: int, columns: tuple[str, ...],
                    rows_per_block: int) -> Iterator[pa.Table]:
     """A shard's kept rows in blocks, in the op-facing layout (reject columns null), then its end-of-shard marker."""
     kept = alive_rows(ctx, order, columns, len(ctx.steps))
-    kept = kept.select([S.KEY, S.SRC_INDEX, *columns]).append_column(
-        S.SRC_SHARD, pa.array([ctx.shards[order]] * kept.num_rows, pa.string()))
+    shard = ctx.shards[order]
+    kept = _skip_rescued(ctx, order, op_layout(shard, kept.select([S.KEY, S.SRC_INDEX, *columns])))
+    yield from blocks_then_marker(shard, kept, rows_per_block)
+
+
+def op_layout(shard: str, rows: pa.Table) -> pa.Table:
+    """Rows read back from the signals store (key, src_index, columns…) in the layout the ops see: `src_shard` and the
+    reject / shard-row bookkeeping columns added, all null."""
+    rows = rows.append_column(S.SRC_SHARD, pa.array([shard] * rows.num_rows, pa.string()))
     for name in (S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ROWS):
-        kept = kept.append_column(name, pa.nulls(kept.num_rows, pa.int64() if name == S.SHARD_ROWS else pa.string()))
-    kept = _skip_rescued(ctx, order, kept)
-    for start in range(0, kept.num_rows, rows_per_block):
-        yield kept.slice(start, rows_per_block)
-    marker: dict[str, list[Any]] = {name: [None] for name in kept.column_names}
-    marker.update({S.SRC_SHARD: [ctx.shards[order]], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
-                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [kept.num_rows]})
-    yield pa.table(marker, schema=kept.schema)
+        rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.int64() if name == S.SHARD_ROWS else pa.string()))
+    return rows
+
+
+def blocks_then_marker(shard: str, rows: pa.Table, rows_per_block: int) -> Iterator[pa.Table]:
+    """One shard's op-layout rows in blocks, then its end-of-shard marker (the row count the driver waits for)."""
+    for start in range(0, rows.num_rows, rows_per_block):
+        yield rows.slice(start, rows_per_block)
+    marker: dict[str, list[Any]] = {name: [None] for name in rows.column_names}
+    marker.update({S.SRC_SHARD: [shard], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
+                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [rows.num_rows]})
+    yield pa.table(marker, schema=rows.schema)
 
 
 def _skip_rescued(ctx: SelectionContext, order: int, kept: pa.Table) -> pa.Table:

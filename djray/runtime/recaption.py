@@ -34,6 +34,7 @@ from djray.io.errors import task_args
 from djray.ops.sieve.clip_score import clip_scores
 from djray.ops.sieve.infogrowth import CleanParams
 from djray.runtime.decisions import SelectionContext, Step, alive_rows
+from djray.runtime.kept import blocks_then_marker, op_layout
 from djray.runtime.ledger import Ledger
 from djray.runtime.progress import Progress
 from djray.runtime.recaption_store import SCHEMA, ledger_dir, read_recaptions, recaption_dir
@@ -49,16 +50,8 @@ def read_low_align_rows(ctx: SelectionContext, order: int, before: int, delta: f
     rows = alive_rows(ctx, order, columns, before)
     scored = rows.column(S.CLIP_SCORE).is_valid().combine_chunks().to_numpy(zero_copy_only=False)
     low = (clip_scores(rows) < np.float32(delta)) & scored
-    rows = rows.filter(pa.array(low)).select([S.KEY, S.SRC_INDEX, *columns[1:]])
-    rows = rows.append_column(S.SRC_SHARD, pa.array([ctx.shards[order]] * rows.num_rows, pa.string()))
-    for name in (S.REJECT_STAGE, S.REJECT_REASON, S.REJECT_DETAIL, S.SHARD_ROWS):
-        rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.int64() if name == S.SHARD_ROWS else pa.string()))
-    for start in range(0, rows.num_rows, rows_per_block):
-        yield rows.slice(start, rows_per_block)
-    marker: dict[str, list[Any]] = {name: [None] for name in rows.column_names}
-    marker.update({S.SRC_SHARD: [ctx.shards[order]], S.SRC_INDEX: [-1], S.REJECT_STAGE: [S.Stage.READ],
-                   S.REJECT_REASON: [S.END_OF_SHARD], S.SHARD_ROWS: [rows.num_rows]})
-    yield pa.table(marker, schema=rows.schema)
+    rows = op_layout(ctx.shards[order], rows.filter(pa.array(low)).select([S.KEY, S.SRC_INDEX, *columns[1:]]))
+    yield from blocks_then_marker(ctx.shards[order], rows, rows_per_block)
 
 
 class LowAlignDatasource(Datasource):
