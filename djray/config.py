@@ -71,7 +71,7 @@ class StorageConfig(Section):
     endpoint_url: str | None = None
     region: str | None = None
     retries: int = Field(W.DEFAULT_S3_RETRIES, ge=1, description="attempts per S3 request (AWS SDK, "
-                         "exponential backoff with jitter); the default carries a job through a store that throttles "
+                         "exponential backoff from 25 ms); the default carries a job through a store that throttles "
                          "one request in five")
     timeouts: StorageTimeouts = StorageTimeouts()
 

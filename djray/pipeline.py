@@ -77,8 +77,7 @@ def _claim_output(plan: Plan) -> None:
     if plan.cfg.output.mode == "overwrite":
         for name in ("data", "rejects", "signals", "_djray"):
             iofs.delete_dir(fs, f"{layout.root}/{name}")
-        if iofs.exists(fs, layout.manifest):
-            fs.delete_file(layout.manifest)
+        iofs.delete_file(fs, layout.manifest)
     iofs.write_json(fs, layout.job, plan.job_record())
 
 
@@ -157,9 +156,10 @@ def _clean_up(plan: Plan) -> None:
     keep = {"select": steps | {f"{name}.json" for name in steps}, "out": {plan.fps.output[:16]},
             "done": {plan.fps.output[:16]}, "sealed": {plan.fps.signals[:16]}}
     for kind, current in keep.items():
-        for info in fs.get_file_info(pafs.FileSelector(f"{state}/{kind}", allow_not_found=True)):
+        for info in iofs.file_info(fs, pafs.FileSelector(f"{state}/{kind}", allow_not_found=True)):
             if info.base_name not in current:
-                fs.delete_dir(info.path) if info.type == pafs.FileType.Directory else fs.delete_file(info.path)
+                delete = iofs.delete_dir if info.type == pafs.FileType.Directory else iofs.delete_file
+                delete(fs, info.path)
 
 
 class PhaseClock:

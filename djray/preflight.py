@@ -230,7 +230,7 @@ def _check_output(plan: Plan) -> dict[str, Any] | None:
     cfg, fs, layout = plan.cfg, plan.out_fs, plan.layout
     try:
         job = iofs.read_json(fs, layout.job)
-        info = fs.get_file_info(layout.root)
+        info = iofs.file_info(fs, layout.root)
     except OSError as e:
         raise _preflight_error("output.path", f"cannot access {cfg.output.path}", e) from None
     if isinstance(fs, pafs.LocalFileSystem):
@@ -248,7 +248,7 @@ def _check_output(plan: Plan) -> dict[str, Any] | None:
                 "decode, the vision model, weights, image size, aggregation or head, or the clip section); a new selection or text "
                 "branch resumes in place, but new signals need another output.path or output.mode=overwrite")
         return job
-    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(layout.root)):
+    if info.type == pafs.FileType.Directory and iofs.file_info(fs, pafs.FileSelector(layout.root)):
         raise ConfigError(f"output.path: {cfg.output.path} is not empty and holds no djray run; "
                           "use an empty location or output.mode=overwrite")
     return None

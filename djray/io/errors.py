@@ -4,10 +4,11 @@ A transient failure (S3 `503 SlowDown`, `500`, a request timeout, a connection r
 in three layers, and never becomes data:
 
 1. **request** — every S3 request is retried inside the AWS SDK that pyarrow uses: `storage.retries` attempts,
-   exponential backoff with jitter (the SDK's standard retry mode; `djray.models.weights.s3_filesystem`);
+   exponential backoff (the SDK's default retry strategy, no retry budget; `djray.models.weights.s3_filesystem`);
 2. **object** — a ranged read that still fails, or whose body comes back short, is read again from the first byte not
-   yet received (`djray.io.fs.open_sequential`), and a whole-object write is redone (`write_bytes_atomic`), up to
-   `OBJECT_ATTEMPTS` times with backoff; then `TransientStorageError`, naming the object;
+   yet received (`djray.io.fs.open_sequential`), and a whole-object write, a listing or a delete is redone
+   (`write_bytes_atomic`, `file_info`, `delete_dir`), up to `OBJECT_ATTEMPTS` times with backoff; then
+   `TransientStorageError`, naming the object;
 3. **task** — `TransientStorageError` is in the `retry_exceptions` of every Ray task that reads or writes objects, so
    Ray reruns the task (`ray.task_retries` times). Only then does the job fail, with one line naming the object.
 

@@ -104,16 +104,16 @@ def list_shard_sizes(uri: str, fmt: str, storage: Storage) -> tuple[str, list[tu
         if isinstance(fs, pafs.LocalFileSystem):
             matches = [(p, os.path.getsize(p)) for p in globlib.glob(path, recursive=True) if os.path.isfile(p)]
         else:
-            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+            infos = file_info(fs, pafs.FileSelector(root, recursive=True, allow_not_found=True))
             matches = [(i.path, i.size) for i in infos
                        if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
         return root, sorted((posixpath.relpath(m.replace(os.sep, "/"), root), size) for m, size in matches)
-    info = fs.get_file_info(path)
+    info = file_info(fs, path)
     if info.type == pafs.FileType.File:
         return posixpath.dirname(path), [(posixpath.basename(path), info.size)]
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"input path not found: {uri}")
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    infos = file_info(fs, pafs.FileSelector(path, recursive=True))
     return path, sorted(
         (posixpath.relpath(i.path, path), i.size)
         for i in infos
@@ -206,15 +206,37 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any | None:
     return obj if isinstance(obj, dict) else None
 
 
+def file_info(fs: pafs.FileSystem, what: str | pafs.FileSelector, attempts: int = OBJECT_ATTEMPTS) -> Any:
+    """`fs.get_file_info` (one path, or a listing) retried like an object read when it fails transiently."""
+    where = what.base_dir if isinstance(what, pafs.FileSelector) else what
+    return retry_object(lambda: fs.get_file_info(what), f"list {uri_of(fs, where)}", attempts)
+
+
 def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return file_info(fs, path).type != pafs.FileType.NotFound
 
 
 def list_files(fs: pafs.FileSystem, path: str, suffix: str = "") -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    infos = file_info(fs, pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
-def delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    if exists(fs, path):
-        fs.delete_dir(path)
+def delete_dir(fs: pafs.FileSystem, path: str, attempts: int = OBJECT_ATTEMPTS) -> None:
+    """Delete a directory and everything under it, if it exists. A delete that fails transiently (after the SDK's
+    own retries) is redone from a fresh look at what is left, up to `attempts` times."""
+
+    def delete() -> None:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+
+    retry_object(delete, f"delete {uri_of(fs, path)}", attempts)
+
+
+def delete_file(fs: pafs.FileSystem, path: str, attempts: int = OBJECT_ATTEMPTS) -> None:
+    """Delete one file if it exists, retried like `delete_dir`."""
+
+    def delete() -> None:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+
+    retry_object(delete, f"delete {uri_of(fs, path)}", attempts)

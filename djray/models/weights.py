@@ -80,8 +80,9 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, *,
     """A pyarrow S3FileSystem honouring explicit args, then AWS_ENDPOINT_URL(_S3) / AWS_REGION from the env.
 
     Every request retries throttling (503 SlowDown), 500s, timeouts and connection resets up to `retries` attempts
-    with exponential backoff and jitter: the AWS SDK's standard retry mode (`AwsStandardS3RetryStrategy`; pyarrow's
-    default is 3 attempts, which a store under load exhausts). `connect_timeout_s` bounds a connection attempt;
+    with exponential backoff from 25 ms: the AWS SDK's default retry strategy (pyarrow's default is 3 attempts, which
+    a store under load exhausts). Not the SDK's "standard" mode: its per-client retry budget runs dry after about
+    100 throttled requests and then no request of the process is retried (docs/design.md, "Retries"). `connect_timeout_s` bounds a connection attempt;
     `request_timeout_s` is the SDK's request timeout (on Linux the SDK applies it as the longest time a transfer may
     make no progress).
     """
@@ -90,7 +91,7 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, *,
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     kwargs: dict[str, Any] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries),
+        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=retries - 1),  # the SDK counts retries here
         "connect_timeout": connect_timeout_s,
         "request_timeout": request_timeout_s,
     }

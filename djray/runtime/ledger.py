@@ -34,7 +34,7 @@ class Ledger:
 
     def listing(self) -> set[str]:
         """Shards with a marker, from one (recursive) listing of the directory."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.directory, recursive=False, allow_not_found=True))
+        infos = iofs.file_info(self.fs, pafs.FileSelector(self.directory, recursive=False, allow_not_found=True))
         return {unflat(posixpath.basename(i.path)[: -len(".json")]) for i in infos
                 if i.type == pafs.FileType.File and i.path.endswith(".json")}
 

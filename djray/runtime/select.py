@@ -88,9 +88,9 @@ def _delete_decisions(fs, step_dir: str) -> None:
     """An unfinished step's decision files; its recaptions (a subdirectory, per shard complete or not) are kept."""
     from pyarrow.fs import FileSelector, FileType
 
-    for info in fs.get_file_info(FileSelector(step_dir, recursive=False, allow_not_found=True)):
+    for info in iofs.file_info(fs, FileSelector(step_dir, recursive=False, allow_not_found=True)):
         if info.type == FileType.File:
-            fs.delete_file(info.path)
+            iofs.delete_file(fs, info.path)
 
 
 def _chunks(n_shards: int, rows: int, width: float, cpus: int) -> list[list[int]]:

@@ -27,7 +27,7 @@ from djray import schema as S
 from djray.config import ConfigError
 from djray.geometry import DEFAULT_MAX_PIXELS, geometry_mismatch
 from djray.io.errors import is_storage_error
-from djray.io.fs import Storage, join, open_sequential, read_parquet, resolve
+from djray.io.fs import Storage, file_info, join, open_sequential, read_parquet, resolve
 from djray.train.archs import ClipArch
 from djray.train.config import TrainConfig
 
@@ -79,7 +79,7 @@ class DataPlan:
 
 
 def _list_parquet(fs: pafs.FileSystem, root: str) -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    infos = file_info(fs, pafs.FileSelector(root, recursive=True, allow_not_found=True))
     out = []
     for i in infos:
         rel = posixpath.relpath(i.path, root)
@@ -140,11 +140,11 @@ def inspect_data(cfg: TrainConfig, arch: ClipArch) -> DataPlan:
     mode = cfg.patches.mode
     try:
         fs, root = resolve(cfg.data.path, storage)
-        info = fs.get_file_info(root)
+        info = file_info(fs, root)
         if info.type == pafs.FileType.NotFound:
             raise TrainDataError(f"data.path: not found: {cfg.data.path}")
         data_dir = join(root, "data")
-        if fs.get_file_info(data_dir).type != pafs.FileType.Directory:
+        if file_info(fs, data_dir).type != pafs.FileType.Directory:
             data_dir = root  # a directory of governed Parquet files itself
         files = _list_parquet(fs, data_dir) if info.type == pafs.FileType.Directory else [root]
     except ValueError as e:
