@@ -207,6 +207,7 @@ def _run_quietly(pipeline, cfg, progress: bool) -> dict:
         except pipeline.JobError as e:
             failure = e
         finally:
+            _disconnect_from_ray()  # inside the capture: Ray's last forwarded lines go to the log, not the terminal
             if not capture.discarded:
                 errors = capture.error_lines()
                 where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
@@ -214,6 +215,15 @@ def _run_quietly(pipeline, cfg, progress: bool) -> dict:
                     capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
                                 f"  full log: {where}")
     raise pipeline.JobError(f"{failure}\n  Ray's log of this run: {where}") from None
+
+
+def _disconnect_from_ray() -> None:
+    """Disconnect the driver (and stop the local instance it started) now rather than at exit, when the terminal
+    has its stderr back and lines still being forwarded from Ray's processes would land on it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _sample_data(args: argparse.Namespace) -> int:

@@ -32,6 +32,8 @@ ERROR_LINE = re.compile(r"^\[[^\]]* [EF] \d+ \d+\]|\b(ERROR|CRITICAL)\b|^Traceba
 HARMLESS = (
     # Ray 2.60 logs this on every actor pool whose constructor arguments sit in the object store (ray#53727)
     re.compile(r"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store"),
+    # the GCS asks an actor's worker to exit after Ray Data has already stopped the pool's workers: nothing to kill
+    re.compile(r"gcs_actor_scheduler\.cc:\d+: Failed to kill actor \w+, .*KillActor RPC failed .*Socket closed"),
 )
 
 

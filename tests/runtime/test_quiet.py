@@ -20,6 +20,9 @@ patch_torchvision()
 HARMLESS = ("[2026-12-02 12:14:11,935 E 14041 14041] core_worker.cc:2465: Actor with class name: 'MapWorker(x)' and "
             "ID: 'ab' has constructor arguments in the object store and max_restarts > 0. If the arguments ...")
 REAL = "[2026-12-02 12:14:12,001 E 14041 14090] raylet_client.cc:60: the raylet died"
+KILLED = ("\x1b[36m(pid=gcs_server)\x1b[0m [2026-12-02 19:51:58,731 E 12745 12745] (gcs_server) "
+          "gcs_actor_scheduler.cc:538: Failed to kill actor ef24be9e, return status: Invalid: KillActor RPC failed for "
+          "actor ef24be9e: RpcError: RPC error: Socket closed rpc_code: 14")
 
 
 def test_fd2_goes_to_the_file_and_djray_lines_to_the_terminal(capfd, tmp_path):
@@ -47,7 +50,7 @@ def test_fd2_goes_to_the_file_and_djray_lines_to_the_terminal(capfd, tmp_path):
 
 def test_error_lines_patterns(tmp_path):
     log = tmp_path / "ray.log"
-    log.write_text("\n".join([HARMLESS, "2026-12-02 12:14:11,942\tWARNING __init__.py:28 -- Progress bars disabled.",
+    log.write_text("\n".join([HARMLESS, KILLED, "2026-12-02 12:14:11,942\tWARNING __init__.py:28 -- Progress bars disabled.",
                               "2026-12-02 12:14:11,942\tERROR streaming_executor.py:1 -- Exception in user code",
                               "Traceback (most recent call last):", "[2026 F 1 2] check failed", "plain line"]))
     assert error_lines(str(log)) == ["2026-12-02 12:14:11,942\tERROR streaming_executor.py:1 -- Exception in user code",
