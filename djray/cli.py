@@ -192,12 +192,14 @@ def _report_after_run(cfg) -> None:  # noqa: ANN001 (JobConfig; kept lazy like t
 def _run_quietly(pipeline, cfg, progress: bool) -> dict:
     """`pipeline.run` with Ray's output in a log file under the output (djray/runtime/quiet.py). Ray's error-level
     lines, if any, are pointed at on the terminal; a failed job's message names the log."""
+    import ray
+
+    from djray.config import ConfigError
     from djray.io.fs import Storage
     from djray.runtime.quiet import ray_output_to_file
 
-    from djray.config import ConfigError
-
     failure = None
+    ours = not ray.is_initialized()  # a driver that was connected before (a caller's session) stays connected
     with ray_output_to_file() as capture:
         try:
             return pipeline.run(cfg, progress=progress, log=capture.say)
@@ -207,7 +209,8 @@ def _run_quietly(pipeline, cfg, progress: bool) -> dict:
         except pipeline.JobError as e:
             failure = e
         finally:
-            _disconnect_from_ray()  # inside the capture: Ray's last forwarded lines go to the log, not the terminal
+            if ours and ray.is_initialized():  # inside the capture: Ray's last forwarded lines go to the log
+                ray.shutdown()
             if not capture.discarded:
                 errors = capture.error_lines()
                 where = capture.keep(cfg.output.path, Storage.of(cfg.storage))
@@ -215,15 +218,6 @@ def _run_quietly(pipeline, cfg, progress: bool) -> dict:
                     capture.say(f"djray: Ray logged {len(errors)} error line(s), e.g. {errors[0][:300]}\n"
                                 f"  full log: {where}")
     raise pipeline.JobError(f"{failure}\n  Ray's log of this run: {where}") from None
-
-
-def _disconnect_from_ray() -> None:
-    """Disconnect the driver (and stop the local instance it started) now rather than at exit, when the terminal
-    has its stderr back and lines still being forwarded from Ray's processes would land on it."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 def _sample_data(args: argparse.Namespace) -> int:
