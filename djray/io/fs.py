@@ -224,19 +224,17 @@ def list_files(fs: pafs.FileSystem, path: str, suffix: str = "") -> list[str]:
 def delete_dir(fs: pafs.FileSystem, path: str, attempts: int = OBJECT_ATTEMPTS) -> None:
     """Delete a directory and everything under it, if it exists. A delete that fails transiently (after the SDK's
     own retries) is redone from a fresh look at what is left, up to `attempts` times."""
-
-    def delete() -> None:
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_dir(path)
-
-    retry_object(delete, f"delete {uri_of(fs, path)}", attempts)
+    _delete_if_there(fs, path, fs.delete_dir, attempts)
 
 
 def delete_file(fs: pafs.FileSystem, path: str, attempts: int = OBJECT_ATTEMPTS) -> None:
     """Delete one file if it exists, retried like `delete_dir`."""
+    _delete_if_there(fs, path, fs.delete_file, attempts)
 
+
+def _delete_if_there(fs: pafs.FileSystem, path: str, remove: Any, attempts: int) -> None:
     def delete() -> None:
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_file(path)
+            remove(path)
 
     retry_object(delete, f"delete {uri_of(fs, path)}", attempts)

@@ -82,9 +82,9 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None, *,
     Every request retries throttling (503 SlowDown), 500s, timeouts and connection resets up to `retries` attempts
     with exponential backoff from 25 ms: the AWS SDK's default retry strategy (pyarrow's default is 3 attempts, which
     a store under load exhausts). Not the SDK's "standard" mode: its per-client retry budget runs dry after about
-    100 throttled requests and then no request of the process is retried (docs/design.md, "Retries"). `connect_timeout_s` bounds a connection attempt;
-    `request_timeout_s` is the SDK's request timeout (on Linux the SDK applies it as the longest time a transfer may
-    make no progress).
+    100 throttled requests and then no request of the process is retried (docs/design.md, "Object storage").
+    `connect_timeout_s` bounds a connection attempt; `request_timeout_s` is the SDK's request timeout (on Linux the SDK
+    applies it as the longest time a transfer may make no progress).
     """
     import pyarrow.fs as pafs
 
