@@ -6,7 +6,8 @@ gets counts, never rows. Per step:
 * fit (optional) — a seeded sample gathered by map tasks, or a streamed scan in one task, feeds `sieve.fit`;
 * grouped sieve  — map tasks (a few shards each) compute `group` and split rows by group hash into P partitions;
   reduce task p calls `select` on each of its groups (rows sorted by row id) and splits its decisions by shard into
-  Q parts; writer task q writes them as per-shard decision files. No task holds more than whole groups.
+  Q parts; writer task q writes them as per-shard decision files. No task holds more than whole groups. A small
+  pool (P = 1, at most ONE_TASK_MAX_SHARDS shards) runs the same map, reduce and write in one task;
 * ranked sieve   — map tasks return (row id, score): 12 bytes per row reach one task, which finds the exact cut-off
   of the top n; rows tied at the cut-off are ordered by the sieve's tie-break in a second small pass; map tasks then
   write the per-shard decisions. A threshold needs no gather at all (runtime/select_ranked.py).
@@ -42,6 +43,10 @@ from djray.runtime.select_ranked import ranked
 TARGET_PARTITION_BYTES = 256 << 20  # rows one reduce task holds, in bytes of the columns its sieve reads
 TARGET_MAP_BYTES = 128 << 20
 MAX_PARTITIONS = 512
+# A grouped step this small runs as one task (map, plan, reduce and write in a row): three rounds of scheduling cost
+# more than reading a few small signals files in series (benchmarks/vision_throughput.py, select_s).
+ONE_TASK_MAX_SHARDS = 16
+ONE_TASK_MAX_BYTES = 16 << 20
 MAX_FITTED_BYTES = 512 << 20
 
 
@@ -113,6 +118,8 @@ def _run_step(ctx: SelectionContext, step: Step, sieve: Sieve, pool: int, width:
         return {**ranked(ctx_ref, chunks, step, sieve, sieve_ref, retry, again), "describe": sieve.describe()}
     assert isinstance(sieve, GroupSieve), f"{type(sieve).__name__} is neither a GroupSieve nor a RankSieve"
     parts = max(1, min(MAX_PARTITIONS, math.ceil(pool * width / TARGET_PARTITION_BYTES)))
+    if parts == 1 and len(ctx.shards) <= ONE_TASK_MAX_SHARDS and pool * width <= ONE_TASK_MAX_BYTES:
+        return ray.get(_grouped_in_one_task.options(**retry).remote(ctx_ref, step, sieve_ref))
     return _grouped(ctx_ref, chunks, step, sieve_ref, parts, min(len(ctx.shards), max(parts, cpus)),
                     sieve.needs_group_sizes, retry)
 
@@ -192,7 +199,24 @@ def _grouped(ctx_ref, chunks: list[list[int]], step: Step, sieve_ref, parts: int
 
 
 @ray.remote(num_cpus=1)
+def _grouped_in_one_task(ctx: SelectionContext, step: Step, sieve: GroupSieve) -> dict[str, Any]:
+    """The whole grouped step of a small pool: the same map, plan, reduce and write as the task graph, in one task."""
+    *pieces, rows_in, sizes = map_groups(ctx, list(range(len(ctx.shards))), step.index, sieve, 1)
+    if sieve.needs_group_sizes:
+        sieve = plan_groups(sieve, sizes)
+    decided, dropped = reduce_groups(ctx, step, sieve, 1, *pieces)
+    return {"describe": sieve.describe(), "rows_in": rows_in, "dropped": dropped, "kept": rows_in - dropped,
+            "files": write_decisions(ctx, step, decided), "tasks": {"one_task": 1}}
+
+
+@ray.remote(num_cpus=1)
 def _map_groups(ctx: SelectionContext, orders: list[int], before: int, sieve: GroupSieve, parts: int):
+    return map_groups(ctx, orders, before, sieve, parts)
+
+
+def map_groups(ctx: SelectionContext, orders: list[int], before: int, sieve: GroupSieve, parts: int) -> tuple:
+    """The alive rows of shards `orders` with their group, split into `parts` by group hash; then the row count and
+    (when the sieve plans on them) the per-group sizes."""
     rows = pa.concat_tables([alive_rows(ctx, o, sieve.reads, before) for o in orders])
     groups = np.asarray(sieve.group(rows), dtype=np.int64) if rows.num_rows else np.zeros(0, np.int64)
     rows = rows.append_column(GROUP, pa.array(groups))
@@ -204,6 +228,10 @@ def _map_groups(ctx: SelectionContext, orders: list[int], before: int, sieve: Gr
 
 @ray.remote(num_cpus=1)
 def _plan(sieve: GroupSieve, *sizes: pa.Table) -> GroupSieve:
+    return plan_groups(sieve, *sizes)
+
+
+def plan_groups(sieve: GroupSieve, *sizes: pa.Table) -> GroupSieve:
     """Whole-pool group sizes (summed from the map tasks) → `sieve.plan`; the planned sieve feeds every reduce."""
     table = pa.concat_tables(sizes) if sizes else pa.table({GROUP: pa.array([], pa.int64()), "n": pa.array([], pa.int64())})
     summed = table.group_by(GROUP).aggregate([("n", "sum")])
@@ -213,6 +241,12 @@ def _plan(sieve: GroupSieve, *sizes: pa.Table) -> GroupSieve:
 
 @ray.remote(num_cpus=1)
 def _reduce_groups(ctx: SelectionContext, step: Step, sieve: GroupSieve, writers: int, *pieces: pa.Table):
+    return reduce_groups(ctx, step, sieve, writers, *pieces)
+
+
+def reduce_groups(ctx: SelectionContext, step: Step, sieve: GroupSieve, writers: int, *pieces: pa.Table) -> tuple:
+    """`sieve.select` on each whole group of the pieces (rows by row id); the decisions split by shard into
+    `writers` parts, then the number of rows dropped."""
     rows = pa.concat_tables(pieces).sort_by([(GROUP, "ascending"), (ROW_ID, "ascending")])
     groups = rows.column(GROUP).to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if groups.size else np.zeros(0, np.int64)

@@ -1,5 +1,6 @@
-"""Phase C's final write, driven: shards packed into tasks by input bytes, as many tasks in flight as the cluster
-has CPUs (configurable), each writing its shards' data/ + rejects/ files and done markers (`finalize.py`)."""
+"""Phase C's final write, driven: shards packed into tasks by input bytes (one task per CPU, fewer for a small
+input), as many tasks in flight as the cluster has CPUs (configurable), each writing its shards' data/ + rejects/
+files and done markers (`finalize.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from djray.runtime.finalize import FinalizeSpec, PatchSelection, finalize_shards
 from djray.runtime.progress import Progress
 
 BYTES_PER_TASK = 256 << 20  # input bytes one final-write task re-reads, at most about this much (unless one shard is)
+# A task more only for this much input: a second task often needs a fresh worker process, which takes 1–2 s to start
+# on a busy node, about what splitting ~100 MB over two tasks saves (benchmarks/RESULTS.md, Vision).
+BYTES_PER_EXTRA_TASK = 128 << 20
 
 
 def finalize_groups(sizes: list[int], tasks: int) -> list[list[int]]:
@@ -35,6 +39,13 @@ def finalize_groups(sizes: list[int], tasks: int) -> list[list[int]]:
     return groups
 
 
+def write_tasks(sizes: list[int], cpus: int) -> int:
+    """How many tasks write shards of these input sizes: one per CPU, fewer for a small input, more for a large one
+    (≤ BYTES_PER_TASK each)."""
+    total = sum(sizes)
+    return max(min(len(sizes), cpus, total // BYTES_PER_EXTRA_TASK or 1), math.ceil(total / BYTES_PER_TASK))
+
+
 def finalize_spec(plan) -> FinalizeSpec:
     v = plan.cfg.vision
     patches = PatchSelection(v.ratio, v.strategy, v.seed, v.strata, v.mix_alpha) if v else None
@@ -49,8 +60,8 @@ def run_final_write(plan, pending: list[str], progress: bool) -> dict[str, dict[
     limit = plan.cfg.ray.max_concurrent_finalize or cpus
     order = {s: i for i, s in enumerate(plan.shards)}
     size = dict(plan.listing)
-    n_tasks = max(min(len(pending), cpus), math.ceil(sum(size[s] for s in pending) / BYTES_PER_TASK))
-    queue = [[pending[i] for i in g] for g in finalize_groups([size[s] for s in pending], n_tasks)]
+    sizes = [size[s] for s in pending]
+    queue = [[pending[i] for i in g] for g in finalize_groups(sizes, write_tasks(sizes, cpus))]
     task = ray.remote(num_cpus=1, **task_args(plan.cfg.ray.task_retries))(finalize_shards)
     spec = ray.put(finalize_spec(plan))
     bar = Progress("write", len(pending), enabled=progress)

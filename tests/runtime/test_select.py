@@ -85,11 +85,16 @@ def _reference_dedup(shards, order) -> dict[tuple[str, int], tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("partition_bytes, map_bytes", [(256 << 20, 128 << 20), (2000, 500)])
+@pytest.mark.parametrize("partition_bytes, map_bytes, one_task_shards", [
+    (256 << 20, 128 << 20, 16),  # a small pool: each step in one task
+    (256 << 20, 128 << 20, 0),   # map tasks, one reduce, writers
+    (2000, 500, 16),             # many partitions
+])
 def test_dedup_steps_match_the_definition_for_any_task_layout(ray_cluster, tmp_path, monkeypatch, partition_bytes,
-                                                               map_bytes):
+                                                               map_bytes, one_task_shards):
     monkeypatch.setattr(select, "TARGET_PARTITION_BYTES", partition_bytes)
     monkeypatch.setattr(select, "TARGET_MAP_BYTES", map_bytes)
+    monkeypatch.setattr(select, "ONE_TASK_MAX_SHARDS", one_task_shards)
     shards = _pool()
     ctx, records = _run(tmp_path, shards, [KeyDedupParams(), ExactDedupParams()])
     got = {pos: v[:2] for pos, v in _decided(ctx).items()}
@@ -100,6 +105,10 @@ def test_dedup_steps_match_the_definition_for_any_task_layout(ray_cluster, tmp_p
     assert records[1]["rows_in"] == records[0]["kept"] and records[1]["kept"] == alive - len(expect)
     if partition_bytes == 2000:
         assert records[0]["tasks"]["reduce"] > 1 and records[0]["tasks"]["map"] == 6
+    elif one_task_shards:
+        assert all(r["tasks"] == {"one_task": 1} for r in records)
+    else:
+        assert records[0]["tasks"] == {"map": 4, "reduce": 1, "write": 2}
     # the detail names the survivor
     for (shard, i), (stage, reason, detail) in _decided(ctx).items():
         if reason == "duplicate_image":

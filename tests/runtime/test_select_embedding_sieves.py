@@ -29,9 +29,10 @@ CASES = {
     "composed": [ClipScoreParams(keep_fraction=0.8), SemDedupParams(eps=0.03, n_clusters=8),
                  ClusterParams(keep_fraction=0.5, n_clusters=6)],
 }
-LAYOUTS = {  # shards, shard names permuted, map/partition bytes, cpus
-    "one_task": (3, False, None, 1),
-    "many_small_tasks": (7, True, 20_000, 4),
+LAYOUTS = {  # shards, shard names permuted, map/partition bytes, cpus, a grouped step of a small pool in one task
+    "one_task": (3, False, None, 1, True),
+    "one_partition": (3, True, None, 2, False),
+    "many_small_tasks": (7, True, 20_000, 4, True),
 }
 
 
@@ -53,10 +54,14 @@ def _comparable(t):
     return rows
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+ONE_PARTITION_CASES = ("cluster", "d4_per_cluster", "semdedup_eps", "composed")  # grouped steps: the task graph at P = 1
+
+
+@pytest.mark.parametrize("case, layout", [(c, lay) for c in sorted(CASES) for lay in sorted(LAYOUTS)
+                                          if lay != "one_partition" or c in ONE_PARTITION_CASES])
 def test_distributed_equals_in_process(ray_cluster, tmp_path, monkeypatch, case, layout):
-    shards, permute, task_bytes, cpus = LAYOUTS[layout]
+    shards, permute, task_bytes, cpus, one_task = LAYOUTS[layout]
+    monkeypatch.setattr(select, "ONE_TASK_MAX_SHARDS", select.ONE_TASK_MAX_SHARDS if one_task else 0)
     params = CASES[case]
     table = _signals()
     names = [f"s{i:02d}.tar" for i in range(shards)]

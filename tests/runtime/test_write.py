@@ -20,6 +20,16 @@ def test_finalize_groups_balance_bytes_and_keep_large_items_alone():
     assert [i for g in groups for i in g] == list(range(40)) and len(groups) == 8
 
 
+def test_write_tasks_one_per_cpu_fewer_for_a_small_input_more_for_a_large_one():
+    mib = 1 << 20
+    assert write.write_tasks([12 * mib] * 6, cpus=2) == 1  # 72 MiB: a second task is not worth a worker start
+    assert write.write_tasks([50 * mib] * 6, cpus=2) == 2  # 300 MiB
+    assert write.write_tasks([50 * mib] * 6, cpus=64) == 2  # 300 MiB: one task per 128 MiB, not one per CPU
+    assert write.write_tasks([500 * mib] * 40, cpus=16) == 79  # ≤ 256 MiB per task
+    assert write.write_tasks([3 * mib] * 2, cpus=8) == 1
+    assert write.write_tasks([], cpus=4) == 0
+
+
 def test_packing_and_concurrency_never_change_the_output(ray_cluster, tmp_path, monkeypatch):
     corpus = tmp_path / "corpus"
     write_sample_corpus(str(corpus), 90, 6, "webdataset", seed=5)
