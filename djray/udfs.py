@@ -89,7 +89,9 @@ class OpUDF:
         if r.num_gpus:
             kwargs["num_gpus"] = r.num_gpus
         if cls.stateful:
-            kwargs.update(compute=ray.data.ActorPoolStrategy(size=r.pool_size), batch_size=r.batch_size)
+            from djray.runtime.ray_data import actor_pool
+
+            kwargs.update(compute=actor_pool(r), batch_size=r.batch_size)
         else:
             kwargs["batch_size"] = None  # whole blocks, fused into the read task by Ray Data
         return kwargs

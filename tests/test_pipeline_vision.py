@@ -165,12 +165,14 @@ def test_vision_run_writes_the_contract(vision_job):
     assert (backbone["patch_size"], backbone["grid_h"], backbone["image_size"]) == (16, 10, 160)
     assert "RANDOM weights" in format_summary(manifest)
     # resources left out are resolved against the session's instance (4 CPU tokens on this machine's cores): one
-    # single-thread actor per core, one CPU token kept for the read tasks; precision as set, recorded with its reason
+    # actor running one single-thread batch per core, one CPU token kept for the read tasks; precision as set,
+    # recorded with its reason
     import os
 
     cores = min(4, os.cpu_count())
-    assert model["resources"]["pool_size"] == cores and model["threads"] == model["resources"]["threads"] == 1
-    assert model["resources"]["pool_size"] * model["resources"]["num_cpus"] <= 4 - 1
+    r = model["resources"]
+    assert (r["pool_size"], r["calls"]) == (1, cores) and model["threads"] == r["threads"] == 1
+    assert r["pool_size"] * r["num_cpus"] <= 4 - 1
     assert model["precision"] == {"requested": "fp32", "chosen": "fp32", "why": "set in the config"}
 
 

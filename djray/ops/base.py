@@ -48,11 +48,12 @@ class ResourcesParams(Params):
     num_gpus: float | None = Field(None, ge=0)  # per actor
     num_cpus: float | None = Field(None, gt=0)  # per actor (a scheduling token: Ray's CPU count)
     pool_size: int | None = Field(None, ge=1)  # actors in the pool
-    threads: int | None = Field(None, ge=1)  # torch threads per actor
+    threads: int | None = Field(None, ge=1)  # torch threads per call
+    calls: int | None = Field(None, ge=1)  # batches one actor runs at once, each on its own thread (one model)
 
     def for_op(self, batch_size: int | None) -> Resources:
         return Resources(num_cpus=self.num_cpus, num_gpus=self.num_gpus, pool_size=self.pool_size,
-                         batch_size=batch_size, threads=self.threads)
+                         batch_size=batch_size, threads=self.threads, calls=self.calls)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Resources:
     num_gpus: float | None = 0.0
     pool_size: int | None = 1  # actor pool size for stateful ops
     batch_size: int | None = 64
-    threads: int | None = None  # torch threads per actor (set in the op's setup()); None: torch's default
+    threads: int | None = None  # torch threads per call (set in the op's setup()); None: torch's default
+    calls: int | None = 1  # batches an actor runs at once, each on its own Python thread (ops that are thread_safe)
 
 
 class Op:
@@ -73,6 +75,7 @@ class Op:
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     stateful: ClassVar[bool] = False  # True: load something heavy in setup() → runs in an actor pool
+    thread_safe: ClassVar[bool] = False  # True: __call__ may run on several threads at once (the model read-only)
 
     def __init__(self, params: Params | None = None, resources: Resources | None = None):
         self.params = params

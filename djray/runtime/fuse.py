@@ -25,6 +25,7 @@ class FusedOp(Op):
     def __init__(self, parts: list[Op]):
         super().__init__(None, parts[0].resources)
         self.parts = parts
+        self.thread_safe = all(p.thread_safe for p in parts)  # type: ignore[misc]
         self.name = "+".join(p.name for p in parts)  # type: ignore[misc]
         self.stage = parts[0].stage  # type: ignore[misc]
         self.reads = tuple(dict.fromkeys(c for p in parts for c in p.reads))  # type: ignore[misc]

@@ -137,13 +137,23 @@ def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage,
         # stage into the next actor stage only when their remote arguments agree, and decode must never run inside
         # the model actor (in series with the model, on the one process that holds the accelerator).
         return ds.map_batches(_OpActor, fn_constructor_args=(op, output_uri, storage), num_cpus=res.num_cpus,
-                              num_gpus=res.num_gpus, compute=ray.data.ActorPoolStrategy(size=res.pool_size),
+                              num_gpus=res.num_gpus, compute=actor_pool(res),
                               batch_size=(block_rows or res.batch_size) if res.num_gpus else None,
                               max_restarts=-1, **kwargs)
     # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
     # the read task, so a shard is read, decoded and staged in one process without object-store round trips.
     return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs,
                           **(retry or {}))
+
+
+def actor_pool(res) -> ray.data.ActorPoolStrategy:
+    """A fixed pool of `pool_size` actors; with `calls` > 1 each runs that many batches at once on its own threads
+    (one model per process: runtime/resources.py says when)."""
+    calls = res.calls or 1
+    if calls == 1:
+        return ray.data.ActorPoolStrategy(size=res.pool_size)
+    return ray.data.ActorPoolStrategy(size=res.pool_size, max_concurrent_calls_per_actor=calls,
+                                      enable_true_multi_threading=True)
 
 
 def staging_plan(shards: list[tuple[str, int]], spec: ReadSpec, ops: list[Op], output_uri: str,

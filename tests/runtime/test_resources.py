@@ -22,9 +22,16 @@ class Clip(Model):
 class Decode(Op):
     name = "decode"
 
+
+class SafeModel(Model):
+    """A model whose __call__ may run on several threads at once (DINO, CLIP)."""
+
+    name = "safe"
+    thread_safe = True
+
 def _auto(**kw) -> Resources:
     return Resources(num_cpus=kw.get("num_cpus"), num_gpus=kw.get("num_gpus"), pool_size=kw.get("pool_size"),
-                     threads=kw.get("threads"))
+                     threads=kw.get("threads"), calls=kw.get("calls"))
 
 TWO_CORES = Cluster(cpus=2, gpus=0, cores=2, fixed=True)
 
@@ -37,6 +44,42 @@ def test_no_gpu_one_single_thread_actor_per_core_and_one_cpu_left_for_the_read_t
     resolve_phase([sixteen], Cluster(cpus=16, gpus=0, cores=16, fixed=True))
     assert sixteen.resources.pool_size == 16 and sixteen.resources.threads == 1
     assert sixteen.resources.pool_size * sixteen.resources.num_cpus == pytest.approx(16 - TASK_CPUS)
+
+def _shape(r: Resources) -> tuple:
+    return r.pool_size, r.num_cpus, r.threads, r.calls
+
+
+def test_a_thread_safe_model_on_a_local_instance_runs_one_batch_per_core_in_one_actor():
+    op = SafeModel(None, _auto())
+    lines = resolve_phase([Decode(), op], TWO_CORES)
+    assert _shape(op.resources) == (1, 1.0, 1, 2) and op.resources.num_gpus == 0.0
+    assert lines == ["vision: 1 actor(s) x 1 CPU, 2 batches at once of 1 torch thread(s) each (no GPU, 2 cores, "
+                     "2 CPU tokens, 1 kept for read/decode tasks)"]
+    sixteen = SafeModel(None, _auto())  # MAX_CALLS per actor: 2 actors x 8 calls
+    resolve_phase([sixteen], Cluster(cpus=16, gpus=0, cores=16, fixed=True))
+    assert _shape(sixteen.resources) == (2, 7.5, 1, 8)
+    tokens = SafeModel(None, _auto())  # the test instance: 4 tokens on 2 cores
+    resolve_phase([tokens], Cluster(cpus=4, gpus=0, cores=2, fixed=True))
+    assert _shape(tokens.resources) == (1, 3.0, 1, 2)
+
+
+def test_one_call_per_actor_where_the_runtime_cannot_tell_or_the_config_says():
+    attached = SafeModel(None, _auto())  # node sizes unknown: one 1-thread actor per core, as before
+    resolve_phase([attached], Cluster(cpus=8, gpus=0, cores=8, fixed=False))
+    assert _shape(attached.resources) == (8, 0.875, 1, 1)
+    gpu = SafeModel(None, _auto())
+    resolve_phase([gpu], Cluster(cpus=16, gpus=2, cores=16, fixed=True))
+    assert _shape(gpu.resources) == (2, 1.0, 1, 1) and gpu.resources.num_gpus == 1.0
+    safe, unsafe = SafeModel(None, _auto()), Model(None, _auto())  # one phase, one rule: equal pools still fuse
+    resolve_phase([safe, unsafe], TWO_CORES)
+    assert _shape(safe.resources) == _shape(unsafe.resources) == (2, 0.5, 1, 1)
+    sized = SafeModel(None, _auto(pool_size=2))  # a pool size in the config: one call per actor
+    resolve_phase([sized], TWO_CORES)
+    assert _shape(sized.resources) == (2, 0.5, 1, 1)
+    asked = SafeModel(None, _auto(calls=4))
+    resolve_phase([asked], Cluster(cpus=8, gpus=0, cores=8, fixed=False))
+    assert _shape(asked.resources) == (2, 3.5, 1, 4)
+
 
 def test_cores_not_tokens_bound_the_pool_of_a_local_instance():
     """The test instance: 4 CPU tokens on 2 cores → 2 actors, not 4 competing for 2 cores."""
@@ -112,3 +155,13 @@ def test_decode_is_never_fused_into_the_model_actor(ray_cluster, tmp_path):
 class _Echo:
     def __call__(self, batch):
         return batch
+
+
+def test_a_multi_call_pool_runs_its_batches_on_threads_of_one_actor():
+    from djray.runtime.ray_data import actor_pool
+
+    threaded = actor_pool(Resources(num_cpus=1, num_gpus=0, pool_size=1, calls=2))
+    assert (threaded.min_size, threaded.max_size, threaded.max_concurrent_calls_per_actor) == (1, 1, 2)
+    assert threaded._enable_true_multi_threading  # else Ray Data runs the calls' UDF one at a time
+    one = actor_pool(Resources(num_cpus=1, num_gpus=1, pool_size=3))
+    assert (one.min_size, one.max_size, one.max_concurrent_calls_per_actor) == (3, 3, None)

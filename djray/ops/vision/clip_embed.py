@@ -19,6 +19,7 @@ The manifest's model record names the weights, checksums and the whole preproces
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -74,6 +75,7 @@ class ClipEmbedder(Op):
     stage: ClassVar[str] = S.Stage.CLIP
     writes: ClassVar[tuple[str, ...]] = tuple(f.name for f in S.CLIP_SIGNAL_FIELDS)
     stateful: ClassVar[bool] = True
+    thread_safe: ClassVar[bool] = True  # the towers are read-only; the tokenizer is called under a lock
 
     def __init__(self, params: ClipParams | None = None, vision_image_size: int | None = None,
                  cache_dir: str | None = None):
@@ -112,6 +114,7 @@ class ClipEmbedder(Op):
         if self.built["image_size"] != [self.size, self.size]:
             raise ValueError(f"clip.model: {self.params.model} takes {self.built['image_size']}, planned {self.size}")
         self.tokenizer = open_clip.get_tokenizer(self.params.model)
+        self.tokenizer_lock = threading.Lock()  # a Hugging Face tokenizer may refuse calls from two threads at once
         self.mean = torch.tensor(self.built["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.built["std"], device=self.device).view(1, 3, 1, 1)
         self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_batch)
@@ -191,7 +194,9 @@ class ClipEmbedder(Op):
         from djray.models.clip import encode_text
         from djray.models.dino import autocast
 
-        tokens = self.tokenizer(captions).to(self.device)
+        with self.tokenizer_lock:
+            tokens = self.tokenizer(captions)
+        tokens = tokens.to(self.device)
         with torch.inference_mode(), autocast(tokens.device.type, self.precision):
             txt = encode_text(self.model, tokens)
         return _unit(txt.float().cpu().numpy())

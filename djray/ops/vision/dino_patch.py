@@ -64,6 +64,7 @@ class DinoPatchScorer(Op):
     reads: ClassVar[tuple[str, ...]] = (S.PIXELS, S.KEY, S.SRC_SHARD, S.SRC_INDEX, S.REJECT_REASON)
     writes: ClassVar[tuple[str, ...]] = tuple(f.name for f in S.VISION_FIELDS)
     stateful: ClassVar[bool] = True
+    thread_safe: ClassVar[bool] = True  # forward_dino and the head are functions of the batch; no state per call
 
     def __init__(self, params: VisionParams | None = None, resources: Resources | None = None,
                  cache_dir: str | None = None):

@@ -69,6 +69,20 @@ def test_embeddings_are_the_model_forward_on_the_canonical_crop(embedder):
     assert rec["preprocessing"]["mean"] == list(open_clip.OPENAI_DATASET_MEAN)
 
 
+def test_calls_on_several_threads_at_once_equal_calls_one_after_another(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [_batch([enc(noise(240, 200, seed=10 * b + i), "JPEG") for i in range(2)],
+                      [f"caption {b} {i} " * (b + 1) for i in range(2)]) for b in range(3)]
+    alone = [embedder(b) for b in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(embedder, batches * 2))
+    assert ClipEmbedder.thread_safe
+    for i, out in enumerate(together):
+        for name in (S.CLIP_IMAGE_EMBEDDING, S.CLIP_TEXT_EMBEDDING, S.CLIP_SCORE):
+            assert out[name].to_pylist() == alone[i % 3][name].to_pylist(), name
+
+
 def test_other_input_size_gets_its_own_crop_from_the_one_decode():
     base = {"input": {"path": "/x", "format": "webdataset"}, "output": {"path": "/o"}}
     same = phase_a_ops(parse_config({**base, "vision": {"weights": "random"}, "clip": {"weights": "random"}}))

@@ -299,6 +299,26 @@ def test_results_independent_of_batch_composition():
                                    rtol=1e-5, atol=1e-7)
 
 
+def test_calls_on_several_threads_at_once_equal_calls_one_after_another():
+    """`thread_safe`: a multi-call actor runs __call__ on several threads with one model (runtime/resources.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    params = VisionParams(model="test_vit", weights="random", image_size=160, batch_size=2,
+                          head={"kind": "dino_linear", "weights": "random"})
+    images = make_images(12, 160, seed=7)
+    op, batch, _ = run(params, images)
+    parts = [batch.slice(i, 3) for i in range(0, 12, 3)]
+    alone = [op(b) for b in parts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(op, parts * 3))
+    assert DinoPatchScorer.thread_safe
+    for i, out in enumerate(together):
+        for name in (S.PATCH_IDX, S.VIS_CLASSES):
+            assert out[name].to_pylist() == alone[i % 4][name].to_pylist(), name
+        np.testing.assert_array_equal(np.array(out[S.PATCH_SCORES].to_pylist()),
+                                      np.array(alone[i % 4][S.PATCH_SCORES].to_pylist()))
+
+
 def test_pixel_width_mismatch_is_a_clear_error():
     op = DinoPatchScorer(VisionParams(model="test_vit", weights="random", image_size=160))
     op.setup()
