@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,6 +77,7 @@ class DinoPatchScorer(Op):
         self.model = None
         self.precision = params.precision if params.precision != "auto" else "fp32"  # resolved in setup()
         self.precision_record: dict[str, Any] = {}
+        self.forwards: ThreadPoolExecutor | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -106,6 +108,12 @@ class DinoPatchScorer(Op):
         self.precision = self.precision_record["chosen"]
         self.head = build_head(p.head, seed=p.seed, cache_dir=self.cache_dir)
         self.head.setup(self.backbone, int(self.model.embed_dim), self.device, self.precision)
+        if (self.resources.calls or 1) > 1:  # a multi-call CPU actor: its calls' forwards share `calls` threads, so
+            # the last block of a run is spread over every core instead of one
+            self.forwards = ThreadPoolExecutor(self.resources.calls, thread_name_prefix="dino-forward")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "forwards": None}  # threads do not travel; setup() makes them where the op runs
 
     def _probe_batch(self, precision: str) -> None:
         """One forward of the real model on a batch of random crops (the `precision: auto` probe)."""
@@ -147,7 +155,8 @@ class DinoPatchScorer(Op):
         scores = [None] * n
         embeds = [None] * n
         probs = [None] * n
-        for chunk in even_chunks(rows, p.batch_size):
+
+        def forward(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
             u8 = torch.from_numpy(images[chunk]).to(self.device)
             x = (u8.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
             out = self._forward(x)
@@ -156,6 +165,11 @@ class DinoPatchScorer(Op):
             pr = None
             if self.head.kind != "none":
                 pr = probabilities(self.head.logits(u8, out).float().cpu().numpy(), p.head.prob)
+            return s, e, pr
+
+        chunks = even_chunks(rows, p.batch_size)
+        results = self.forwards.map(forward, chunks) if self.forwards else map(forward, chunks)
+        for chunk, (s, e, pr) in zip(chunks, results):
             for j, r in enumerate(chunk):
                 if not np.isfinite(s[j]).all():
                     reasons[r], details[r] = NONFINITE_SCORES, f"non-finite patch scores ({self.precision})"

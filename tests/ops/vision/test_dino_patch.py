@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -309,8 +310,12 @@ def test_calls_on_several_threads_at_once_equal_calls_one_after_another():
     op, batch, _ = run(params, images)
     parts = [batch.slice(i, 3) for i in range(0, 12, 3)]
     alone = [op(b) for b in parts]
+    threaded = DinoPatchScorer(params, dataclasses.replace(op.resources, calls=2))  # its forwards on 2 threads
+    threaded.setup()
+    threaded.model.load_state_dict(op.model.state_dict())
+    assert threaded.forwards is not None and threaded.__getstate__()["forwards"] is None  # threads never travel
     with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(op, parts * 3))
+        together = list(pool.map(op, parts * 3)) + list(pool.map(threaded, parts * 3))
     assert DinoPatchScorer.thread_safe
     for i, out in enumerate(together):
         for name in (S.PATCH_IDX, S.VIS_CLASSES):
