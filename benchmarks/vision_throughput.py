@@ -270,7 +270,8 @@ def main() -> int:
             steady_s = run["signals_end_s"] - run["ready_s"]
             bench(f"djray_whole_{precision}", m["rows_in"], run["wall_s"], run["rss"], ready_s=run["ready_s"],
                   phase_a_end_s=run["signals_end_s"], chosen=run["model"]["precision"]["chosen"],
-                  threads=run["model"]["threads"], actors=run["model"]["resources"]["pool_size"])
+                  threads=run["model"]["threads"], actors=run["model"]["resources"]["pool_size"],
+                  calls=run["model"]["resources"].get("calls", 1))
             bench(f"djray_steady_{precision}", m["rows_in"], steady_s, run["rss"])
             print("    " + "; ".join(run["notes"]) + f"; phases {m['run']['phases_s']}", flush=True)
             whole["bare"][n], whole["djray"][n] = bare["wall_s"], run["wall_s"]
