@@ -4,8 +4,8 @@ Resolved once Ray is up, before any plan is built (`resolve_phases`), for every 
 
 * GPUs in the cluster, `num_gpus` unset: one actor per GPU (`num_gpus: 1`), 1 CPU token each; the read tasks decode
   ahead of them on the other cores (docs/cluster.md sizes that).
-* no GPU, a local instance, every model op of the phase `thread_safe`: ONE actor per `MAX_CALLS` cores running that
-  many batches at once (`calls`), each on its own Python thread with ONE torch thread (set explicitly in the op's
+* no GPU, a local instance, every model op of the phase `thread_safe`: ONE actor per `MAX_CALLS` cores (rounded
+  up), each running an equal share of the cores' batches at once (`calls`), each on its own Python thread with ONE torch thread (set explicitly in the op's
   `setup()`: Ray's OMP_NUM_THREADS is not the op's business), holding the CPU tokens that leave `TASK_CPUS` for the
   read / decode / staging tasks. On 2 cores: 1 actor x 1 CPU x 2 calls. Measured on 2 cores: as fast as one
   1-thread actor per core (28 vs 27 img/s, ViT-S/16 bf16), with one process to start and one model in memory
@@ -63,7 +63,8 @@ def resolve(op: Op, cluster: Cluster, cpu_budget: float, threaded: bool = False)
                                    threads=r.threads or max(1, int(cpus)), calls=r.calls or 1)
     calls = r.calls or 1
     if r.calls is None and r.pool_size is None and r.num_cpus is None and threaded:
-        calls = min(cluster.cores, MAX_CALLS)
+        actors = math.ceil(cluster.cores / MAX_CALLS)  # 12 cores: 2 actors x 6 calls, not 1 x 8 and 4 idle cores
+        calls = max(1, cluster.cores // actors)
     pool = r.pool_size or max(1, cluster.cores // calls)
     if r.num_cpus is not None:
         cpus, threads = r.num_cpus, r.threads or max(1, round(r.num_cpus / calls))

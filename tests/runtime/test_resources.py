@@ -58,6 +58,9 @@ def test_a_thread_safe_model_on_a_local_instance_runs_one_batch_per_core_in_one_
     sixteen = SafeModel(None, _auto())  # MAX_CALLS per actor: 2 actors x 8 calls
     resolve_phase([sixteen], Cluster(cpus=16, gpus=0, cores=16, fixed=True))
     assert _shape(sixteen.resources) == (2, 7.5, 1, 8)
+    twelve = SafeModel(None, _auto())  # every core busy: 2 x 6, not 1 x 8
+    resolve_phase([twelve], Cluster(cpus=12, gpus=0, cores=12, fixed=True))
+    assert _shape(twelve.resources) == (2, 5.5, 1, 6)
     tokens = SafeModel(None, _auto())  # the test instance: 4 tokens on 2 cores
     resolve_phase([tokens], Cluster(cpus=4, gpus=0, cores=2, fixed=True))
     assert _shape(tokens.resources) == (1, 3.0, 1, 2)
