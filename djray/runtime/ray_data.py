@@ -89,6 +89,9 @@ class _OpActor:
         return apply_op_output(batch, self.op, self.op(batch))
 
 
+OP_ACTOR_CLASS = _OpActor.__name__  # Ray Data names a pool's actors MapWorker(MapBatches(_OpActor))
+
+
 def _stage_signals(batch: pa.Table, output_uri: str, storage: iofs.Storage, schema: pa.Schema) -> pa.Table:
     fs, root = iofs.resolve(output_uri, storage)
     return stage_batch(batch, fs, Layout(root), schema)

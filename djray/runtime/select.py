@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ MAX_PARTITIONS = 512
 ONE_TASK_MAX_SHARDS = 16
 ONE_TASK_MAX_BYTES = 16 << 20
 MAX_FITTED_BYTES = 512 << 20
+FIT_WAIT_S = 10.0  # how long a fit waits for the CPUs it wants before it takes the free ones
 
 
 def steps_of(params: list[SieveParams], shas: list[str]) -> tuple[Step, ...]:
@@ -130,7 +132,7 @@ def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, 
     # The fit runs alone (its inputs are complete before it starts): it gets every CPU of one node, so a k-means
     # uses them all.
     largest = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")], default=cpus)
-    cpus = max(1, min(cpus, largest))
+    cpus = free_cpus(max(1, min(cpus, largest)))
     if sieve.fit_rows == "scan":
         fitted = _fit_scan.options(num_cpus=cpus, **retry).remote(ctx_ref, step.index, sieve)
     else:
@@ -143,6 +145,18 @@ def _fit(ctx_ref, chunks: list[list[int]], step: Step, sieve: Sieve, pool: int, 
     if size > MAX_FITTED_BYTES:
         raise RuntimeError(f"sieve {step.op}: fitted state is {size >> 20} MiB (limit {MAX_FITTED_BYTES >> 20} MiB)")
     return sieve
+
+
+def free_cpus(want: int, wait_s: float = FIT_WAIT_S) -> int:
+    """`want` CPUs, or as many as are free after `wait_s` seconds (at least 1). The pools of the phase before may
+    still be letting theirs go, and another job (or an actor pool that outlived its run) may hold some: a task that
+    asks for more CPUs than will ever be free waits forever, one that asks for what is free runs on fewer threads."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = int(ray.available_resources().get("CPU", 0))
+        if free >= want or time.monotonic() >= deadline:
+            return max(1, min(want, free))
+        time.sleep(0.2)
 
 
 @ray.remote(num_cpus=1)

@@ -193,3 +193,29 @@ def test_finished_steps_are_never_recomputed_and_a_partial_step_is_redone(ray_cl
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / step0).glob("*.parquet")} == stamps
     assert not stray.exists() and marker.exists()
     assert _decided(ctx) == before
+
+
+@ray.remote(num_cpus=2)
+class _Holder:
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_fit_asks_for_the_cpus_that_are_free(ray_cluster):
+    """A fit asks for every CPU of a node; when something else holds some (another job, a pool still going away), it
+    waits a little, then takes the free ones instead of waiting for ever."""
+    total = int(ray.cluster_resources()["CPU"])
+    assert select.free_cpus(total, wait_s=30) == total  # nothing held: after a wait at most, all of them
+    holder = _Holder.remote()
+    try:
+        ray.get(holder.ready.remote())
+        got = select.free_cpus(total, wait_s=0.5)
+        assert 1 <= got <= total - 2
+        assert ray.get(_cpus.options(num_cpus=got).remote(), timeout=60) == got  # it can be scheduled
+    finally:
+        ray.kill(holder)
+
+
+@ray.remote
+def _cpus() -> int:
+    return int(ray.get_runtime_context().get_assigned_resources()["CPU"])
