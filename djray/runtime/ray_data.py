@@ -89,7 +89,26 @@ class _OpActor:
         return apply_op_output(batch, self.op, self.op(batch))
 
 
-OP_ACTOR_CLASS = _OpActor.__name__  # Ray Data names a pool's actors MapWorker(MapBatches(_OpActor))
+def end_model_actors() -> int:
+    """End this driver's model actors (djray's `_OpActor` pools) that are still alive; returns how many.
+
+    Called when a plan failed, after its executor was shut down: Ray Data kills the actors it tracks, but an actor
+    that became ready while the plan failed is left to garbage collection, and its handle sits in a frame of the
+    error's traceback. Whoever keeps the error (a notebook's last error, a log record) keeps the actor and its
+    CPU/GPU tokens, and the next run in the process waits for them forever. A driver runs one plan at a time, so
+    every model actor of its job still alive here belongs to the failed plan."""
+    from ray._private import state
+
+    try:
+        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
+        alive = state.actors(job_id=job, actor_state_name="ALIVE") or {}
+        ids = [a for a, info in alive.items()  # Ray Data names them MapWorker(MapBatches(_OpActor))
+               if f"({_OpActor.__name__})" in info.get("ActorClassName", "")]
+        for actor_id in ids:  # ray.kill without a handle (what it calls with one)
+            ray._private.worker.global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
+    except Exception:  # noqa: BLE001  (best effort, e.g. none of this in Ray Client mode: the plan's error matters)
+        return 0
+    return len(ids)
 
 
 def _stage_signals(batch: pa.Table, output_uri: str, storage: iofs.Storage, schema: pa.Schema) -> pa.Table:

@@ -21,7 +21,7 @@ from djray.io.errors import task_args
 from djray.runtime.cluster import JobError
 from djray.runtime.ledger import Ledger
 from djray.runtime.progress import Progress
-from djray.runtime.ray_data import OP_ACTOR_CLASS, kept_rows_plan, staging_plan
+from djray.runtime.ray_data import end_model_actors, kept_rows_plan, staging_plan
 from djray.runtime.signals import seal_shards_at
 
 
@@ -31,6 +31,9 @@ def consume(ds: ray.data.Dataset, todo: list[str], on_complete: Callable[[str, i
     staged: dict[str, int] = {}
     totals: dict[str, int] = {}
     rows = complete = 0
+    # The streaming executor is shut down as soon as the plan ends: its actor pools would otherwise hold their
+    # CPUs/GPUs until the iterator is garbage-collected, starving the next run in this process. A failed plan's
+    # leftover model actors are ended too (end_model_actors).
     try:
         for batch in batches:
             for shard, n, total in zip(*(batch.column(c).to_pylist() for c in ("src_shard", "rows", "shard_rows"))):
@@ -46,35 +49,12 @@ def consume(ds: ray.data.Dataset, todo: list[str], on_complete: Callable[[str, i
         batches.close()
         end_model_actors()
         raise
-    # Shut the streaming executor down now: its actor pools would otherwise hold their CPUs/GPUs until the iterator is
-    # garbage-collected, starving the next run in this process.
     batches.close()
     bar.close()
     if complete != len(todo):
         missing = sorted(set(todo) - set(staged) - set(totals)) or sorted(totals)
         raise JobError(f"{len(todo) - complete} shard(s) did not stream completely, e.g. {missing[:1]}")
     return rows
-
-
-def end_model_actors() -> int:
-    """End this driver's model actors (djray's `_OpActor` pools) that are still alive; returns how many.
-
-    Called when a plan failed, after its executor was shut down: Ray Data kills the actors it tracks, but an actor
-    that became ready while the plan failed is left to garbage collection, and its handle sits in a frame of the
-    error's traceback. Whoever keeps the error (a notebook's last error, a log record) keeps the actor and its
-    CPU/GPU tokens, and the next run in the process waits for them forever. A driver runs one plan at a time, so
-    every model actor of its job still alive here belongs to the failed plan."""
-    from ray._private import state
-
-    try:
-        job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
-        alive = state.actors(job_id=job, actor_state_name="ALIVE") or {}
-        ids = [a for a, info in alive.items() if f"({OP_ACTOR_CLASS})" in info.get("ActorClassName", "")]
-        for actor_id in ids:  # ray.kill without a handle (what it calls with one)
-            ray._private.worker.global_worker.core_worker.kill_actor(ray.ActorID.from_hex(actor_id), True)
-    except Exception:  # noqa: BLE001  (best effort, e.g. none of this in Ray Client mode: the plan's error matters)
-        return 0
-    return len(ids)
 
 
 class _Sealer:
