@@ -1,6 +1,7 @@
 """Throughput of read → decode → vision → write: the op alone, a bare one-process loop, and `djray run`.
 
-Printed in one run, for bf16 and fp32 (ViT-S/16 DINO architecture, random weights, 224 px, batch 64):
+Printed in one run, in the precision asked (`auto` by default: what djray chooses on this machine) and in fp32
+(ViT-S/16 DINO architecture, random weights, 224 px, batch 64):
 
 * op in-process — `DinoPatchScorer` (forward + scores + top-k + columns) on ready-made canonical crops, torch's
   default threads, no decode and no I/O: the ceiling of the vision stage on this machine;
@@ -9,7 +10,7 @@ Printed in one run, for bf16 and fp32 (ViT-S/16 DINO architecture, random weight
   aggregation, `select_patches`, one Parquet file per shard; timed from spawn to exit (its own imports and model
   build included), and its loop alone (start-up removed);
 * djray whole run — `python -m djray run job.yaml` with the vision section at its defaults (`weights: random`,
-  `precision` set per row of the table, everything else left out: resources resolved by the runtime), timed from
+  `precision` as asked, `auto` by default, everything else left out: resources resolved by the runtime), timed from
   launch to exit: Ray start, actor start, every phase, the manifest and Ray's shutdown are inside;
 * djray steady state — rows / (end of phase A − the moment the last vision actor was ready), from file times
   (the actors' model record, the sealed signals files); and, with two sizes, the marginal rate
@@ -17,7 +18,8 @@ Printed in one run, for bf16 and fp32 (ViT-S/16 DINO architecture, random weight
 
 One `BENCH` line per measurement; ratios djray / bare are printed at the end. Run on a quiet machine:
 
-    flock -x /tmp/djray-cpu.lock python benchmarks/vision_throughput.py [--sizes 1200 5000] [--fp32-sizes 1200]
+    flock -x /tmp/djray-cpu.lock python benchmarks/vision_throughput.py [--precision auto|bf16|fp32] [--sizes 1200 5000]
+        [--fp32-sizes 1200]
 """
 
 from __future__ import annotations
@@ -233,7 +235,10 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--bare-child":
         return bare_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1200, 5000], help="images per corpus (bf16)")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="precision of the --sizes runs (auto, djray's default: the bare loop and the op in-process "
+                         "run what djray chose)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1200, 5000], help="images per corpus")
     ap.add_argument("--fp32-sizes", type=int, nargs="*", default=None, help="sizes run in fp32 (default: smallest)")
     ap.add_argument("--shard-rows", type=int, default=200, help="images per input shard")
     ap.add_argument("--workdir", default=None)
@@ -252,30 +257,37 @@ def main() -> int:
     print(f"{os.cpu_count()} CPUs ({', '.join(flags)}); {MODEL} {IMAGE_SIZE}px random weights, batch {BATCH}; "
           f"{args.shard_rows} images per shard; load avg {os.getloadavg()}", flush=True)
     ratios: list[str] = []
-    for precision, sizes in (("bf16", args.sizes), ("fp32", fp32_sizes)):
+    for requested, sizes in ((args.precision, args.sizes), ("fp32", fp32_sizes)):
         if not sizes:
             continue
-        op_rate = op_in_process(corpora[min(sizes)], precision)
+        op_rate = None if requested == "auto" else op_in_process(corpora[min(sizes)], requested)
         whole: dict[str, dict[int, float]] = {"bare": {}, "djray": {}}
         for n in sizes:
-            ns = argparse.Namespace(model=MODEL, image_size=IMAGE_SIZE, precision=precision)
+            run = run_djray(corpora[n], work / "djray-out", requested)
+            chosen = run["model"]["precision"]["chosen"]  # the bare loop runs what djray ran (auto: its choice)
+            if op_rate is None:
+                op_rate = op_in_process(corpora[min(sizes)], chosen)
+                other = "fp32" if chosen == "bf16" else "bf16"
+                op_in_process(corpora[min(sizes)], other, n=64)  # what auto did not choose, for the record
+            ns = argparse.Namespace(model=MODEL, image_size=IMAGE_SIZE, precision=chosen)
             bare = run_bare(corpora[n], work / "bare", ns, BATCH)
             loop_s = sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
-            bench(f"bare_whole_{precision}", bare["rows"], bare["wall_s"], _child_rss_mb())
-            bench(f"bare_loop_{precision}", bare["rows"], loop_s, _child_rss_mb(),
+            bench(f"bare_whole_{requested}", bare["rows"], bare["wall_s"], _child_rss_mb(), chosen=chosen)
+            bench(f"bare_loop_{requested}", bare["rows"], loop_s, _child_rss_mb(),
                   startup_s=bare["wall_s"] - loop_s)
-            run = run_djray(corpora[n], work / "djray-out", precision)
             m = run["manifest"]
             assert m["rows_in"] == bare["rows"] and m["rows_kept"] == bare["scored"], (m["rows_in"], bare)
             steady_s = run["signals_end_s"] - run["ready_s"]
-            bench(f"djray_whole_{precision}", m["rows_in"], run["wall_s"], run["rss"], ready_s=run["ready_s"],
-                  phase_a_end_s=run["signals_end_s"], chosen=run["model"]["precision"]["chosen"],
+            bench(f"djray_whole_{requested}", m["rows_in"], run["wall_s"], run["rss"], ready_s=run["ready_s"],
+                  phase_a_end_s=run["signals_end_s"], chosen=chosen,
                   threads=run["model"]["threads"], actors=run["model"]["resources"]["pool_size"],
                   calls=run["model"]["resources"].get("calls", 1))
-            bench(f"djray_steady_{precision}", m["rows_in"], steady_s, run["rss"])
-            print("    " + "; ".join(run["notes"]) + f"; phases {m['run']['phases_s']}", flush=True)
+            bench(f"djray_steady_{requested}", m["rows_in"], steady_s, run["rss"])
+            print("    " + "; ".join(run["notes"]) + f"; precision: {run['model']['precision']['why']}; "
+                  f"phases {m['run']['phases_s']}", flush=True)
             whole["bare"][n], whole["djray"][n] = bare["wall_s"], run["wall_s"]
-            ratios.append(f"{precision} {n} images: djray/bare whole run {bare['wall_s'] / run['wall_s']:.2f}, "
+            ratios.append(f"{requested} ({chosen}) {n} images: djray/bare whole run "
+                          f"{bare['wall_s'] / run['wall_s']:.2f}, "
                           f"steady {(m['rows_in'] / steady_s) / (bare['rows'] / loop_s):.2f} "
                           f"(djray {m['rows_in'] / run['wall_s']:.1f} / {m['rows_in'] / steady_s:.1f} img/s, bare "
                           f"{bare['rows'] / bare['wall_s']:.1f} / {bare['rows'] / loop_s:.1f}, op alone "
@@ -284,9 +296,9 @@ def main() -> int:
             a, b = min(sizes), max(sizes)
             rates = {k: (b - a) / (v[b] - v[a]) for k, v in whole.items()}
             for k, r in rates.items():
-                print(f"BENCH name={k}_marginal_{precision} rows={b - a} wall_s={whole[k][b] - whole[k][a]:.2f} "
+                print(f"BENCH name={k}_marginal_{requested} rows={b - a} wall_s={whole[k][b] - whole[k][a]:.2f} "
                       f"peak_rss_mb={_child_rss_mb():.0f} img_s={r:.1f}", flush=True)
-            ratios.append(f"{precision} marginal {a}->{b}: djray/bare {rates['djray'] / rates['bare']:.2f}")
+            ratios.append(f"{requested} marginal {a}->{b}: djray/bare {rates['djray'] / rates['bare']:.2f}")
     print("\nratios (>= 1: djray as fast as the bare loop):\n" + "\n".join(ratios))
     return 0
 

@@ -3,10 +3,11 @@
 * CUDA: bf16 (tensor cores; scores, softmax and the embedding stay fp32 where the op asks for it).
 * CPU with AMX (`amx_bf16` in /proc/cpuinfo): bf16, no probe. Measured on such a Xeon: the ViT-S/16 op 2.9x faster
   in bf16 than in fp32 (benchmarks/RESULTS.md).
-* any other CPU, `avx512_bf16` without AMX included: a short probe at actor set-up — a warm-up, then two batches of
-  the real model in fp32 and in bf16; the faster wins. On AVX-512-BF16 CPUs without AMX this project has measured
-  bf16 both 2.7x faster and 1.5x slower than fp32 (different machines, different torch builds): only a measurement
-  on the machine at hand says which.
+* any other CPU, `avx512_bf16` without AMX included: a short probe at actor set-up — a warm-up, then two timed calls
+  of one transformer block of the real model (`block_probe`: a ViT spends its time in identical blocks, and one block
+  costs 1/depth of a forward) in fp32 and in bf16; the faster wins. This project has measured bf16 2.7x faster and
+  1.5x slower than fp32 on AVX-512-BF16 CPUs without AMX, and 6x slower on an AVX2-only CPU, where a probe of whole
+  forwards took 59 s of an actor's start (one block: 2 s): only a measurement on the machine at hand says which.
 
 Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
 returned for the manifest's model record (`precision`).
@@ -47,10 +48,30 @@ def probe(run: Callable[[str], Any], batches: int = 2) -> dict[str, float]:
     return out
 
 
+def block_probe(block: Any, tokens: int, width: int, device: str, batch: int = 8,
+                seq_first: bool = False) -> Callable[[str], None]:
+    """`run(precision)` for `probe`: `block` (one transformer block of the model) on `batch` random sequences of
+    `tokens` x `width`, under inference mode and the precision's autocast (`seq_first`: the block takes (N, B, D))."""
+    import torch
+
+    from djray.models.dino import autocast
+
+    shape = (tokens, batch, width) if seq_first else (batch, tokens, width)
+    inputs: list[Any] = []  # made at the first call: where no probe runs (CUDA, AMX), nothing is allocated
+
+    def run(precision: str) -> None:
+        if not inputs:
+            inputs.append(torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device))
+        with torch.inference_mode(), autocast(inputs[0].device.type, precision):
+            block(inputs[0])
+
+    return run
+
+
 def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | None = None,
                       flags: set[str] | None = None) -> dict[str, Any]:
-    """{"requested", "chosen", "why"[, "probe_s"]}: `requested` unless it is "auto"; `run(precision)` runs one batch
-    of the real model (needed only on a CPU without native bf16)."""
+    """{"requested", "chosen", "why"[, "probe_s"]}: `requested` unless it is "auto"; `run(precision)` runs one probe
+    call of the real model (a block or a small batch; needed only on a CPU without native bf16)."""
     if requested != "auto":
         return {"requested": requested, "chosen": requested, "why": "set in the config"}
     if device == "cuda":
@@ -65,4 +86,4 @@ def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | N
     chosen = "bf16" if seconds["bf16"] < seconds["fp32"] else "fp32"
     return {"requested": "auto", "chosen": chosen, "probe_s": seconds,
             "why": f"CPU without AMX; probe: fp32 {seconds['fp32']:.3f}s, bf16 {seconds['bf16']:.3f}s "
-                   "per batch"}
+                   "per call"}

@@ -57,3 +57,55 @@ def test_the_vision_op_records_precision_and_threads():
         assert op.precision == rec["precision"]["chosen"] and rec["precision"]["why"]
     finally:
         torch.set_num_threads(before)
+
+
+def test_block_probe_runs_one_block_on_random_tokens_in_the_precision_asked():
+    torch = pytest.importorskip("torch")
+    from djray.models.precision import block_probe
+
+    seen = []
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            seen.append((tuple(x.shape), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return x
+
+    run = block_probe(Block(), tokens=197, width=384, device="cpu")
+    run("fp32")
+    run("bf16")
+    assert seen[0][:2] == ((8, 197, 384), False)
+    assert seen[1] == ((8, 197, 384), True, torch.bfloat16)
+    block_probe(Block(), tokens=50, width=768, device="cpu", batch=4, seq_first=True)("fp32")
+    assert seen[2][0] == (50, 4, 768)
+
+
+def test_the_vision_op_probes_its_first_block_not_whole_forwards(monkeypatch):
+    """On a CPU without AMX the probe times one block (a whole-forward probe took 59 s on an AVX2 CPU)."""
+    from djray._compat import patch_torchvision
+
+    patch_torchvision()
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    import djray.models.dino as dino
+    import djray.models.precision as precision
+    import djray.ops.vision.dino_patch as dino_patch
+    from djray.ops.base import Resources
+    from djray.ops.vision.params import VisionParams
+
+    forwards, probes = [], []
+    real_forward, real_probe = dino.forward_dino, dino_patch.block_probe
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(dino, "forward_dino", lambda *a, **k: forwards.append(1) or real_forward(*a, **k))
+    monkeypatch.setattr(dino_patch, "block_probe", lambda *a, **k: probes.append(a) or real_probe(*a, **k))
+    before = torch.get_num_threads()
+    try:
+        op = dino_patch.DinoPatchScorer(VisionParams(model="test_vit", weights="random", image_size=160),
+                                        Resources(num_cpus=1, num_gpus=0, pool_size=1, batch_size=4, threads=1))
+        op.setup()
+    finally:
+        torch.set_num_threads(before)
+    rec = op.describe()["precision"]
+    assert forwards == [] and set(rec["probe_s"]) == {"fp32", "bf16"} and "probe" in rec["why"]
+    (block, tokens, width, device), = probes
+    grid = op.backbone["grid_h"] * op.backbone["grid_w"]
+    assert block is op.model.blocks[0] and tokens == grid + op.model.num_prefix_tokens and width == op.model.embed_dim

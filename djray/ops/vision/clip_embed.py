@@ -117,13 +117,25 @@ class ClipEmbedder(Op):
         self.tokenizer_lock = threading.Lock()  # a Hugging Face tokenizer may refuse calls from two threads at once
         self.mean = torch.tensor(self.built["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.built["std"], device=self.device).view(1, 3, 1, 1)
-        self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_batch)
+        self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_run())
         self.precision = self.precision_record["chosen"]
 
-    def _probe_batch(self, precision: str) -> None:
-        self.precision = precision
-        n = min(self.params.batch_size, 16)
-        self.embed(np.zeros((n, self.size, self.size, 3), np.uint8), ["a photo"] * n)
+    def _probe_run(self):
+        """The `precision: auto` probe: the image tower's first block (a ViT tower), else 8 whole image embeddings."""
+        from djray.models.precision import block_probe
+
+        visual = self.model.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if blocks is not None and getattr(visual, "positional_embedding", None) is not None:
+            tokens, width = visual.positional_embedding.shape
+            return block_probe(blocks[0], int(tokens), int(width), self.device,
+                               seq_first=not getattr(visual.transformer, "batch_first", True))
+
+        def run(precision: str) -> None:
+            self.precision = precision
+            self.embed(np.zeros((8, self.size, self.size, 3), np.uint8), ["a photo"] * 8)
+
+        return run
 
     def describe(self) -> dict[str, Any]:
         """Manifest record: parameters, weights and checksums, and the preprocessing CLIP saw."""

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from djray import schema as S
-from djray.models.precision import resolve_precision
+from djray.models.precision import block_probe, resolve_precision
 from djray.ops.base import Op, Resources, alive_mask
 from djray.ops.vision.class_head import build_head, probabilities, top_classes
 from djray.ops.vision.params import VisionParams
@@ -104,7 +104,9 @@ class DinoPatchScorer(Op):
                              f"{self.backbone['patch_size']} of {p.model}")
         self.mean = torch.tensor(self.backbone["mean"], device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.backbone["std"], device=self.device).view(1, 3, 1, 1)
-        self.precision_record = resolve_precision(p.precision, self.device, self._probe_batch)
+        tokens = self.backbone["grid_h"] * self.backbone["grid_w"] + int(self.model.num_prefix_tokens)
+        probe_run = block_probe(self.model.blocks[0], tokens, int(self.model.embed_dim), self.device)
+        self.precision_record = resolve_precision(p.precision, self.device, probe_run)
         self.precision = self.precision_record["chosen"]
         self.head = build_head(p.head, seed=p.seed, cache_dir=self.cache_dir)
         self.head.setup(self.backbone, int(self.model.embed_dim), self.device, self.precision)
@@ -114,15 +116,6 @@ class DinoPatchScorer(Op):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "forwards": None}  # threads do not travel; setup() makes them where the op runs
-
-    def _probe_batch(self, precision: str) -> None:
-        """One forward of the real model on a batch of random crops (the `precision: auto` probe)."""
-        import torch
-
-        size = self.params.image_size
-        self.precision = precision
-        out = self._forward(torch.rand(min(self.params.batch_size, 16), 3, size, size, device=self.device))
-        aggregate_heads(out.cls_logits, out.num_prefix_tokens, self.params.aggregation)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records: parameters, resolved sources, checksums, geometry and normalisation."""

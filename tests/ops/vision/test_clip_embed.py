@@ -155,3 +155,12 @@ def test_file_weights_load_with_checksums_and_missing_files_fail_before_work(tmp
         ClipParams(weights=f"file:{tmp_path}/missing.pt").validate_sources()
     with pytest.raises(ValueError, match="unknown open_clip model"):
         ClipParams(model="ViT-Q-99")
+
+
+def test_the_precision_probe_times_the_image_towers_first_block(embedder, monkeypatch):
+    seen = []
+    block = embedder.model.visual.transformer.resblocks[0]
+    real = block.forward
+    monkeypatch.setattr(block, "forward", lambda x, *a, **k: seen.append(tuple(x.shape)) or real(x, *a, **k))
+    embedder._probe_run()("fp32")
+    assert seen == [(8, 197, 768)]  # ViT-B/16 at 224 px: 196 patches + [CLS], width 768
