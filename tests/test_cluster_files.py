@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from djray import submit
+from djray import job_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -200,7 +200,7 @@ NAMED = re.compile(r"(?<![\w/.-])((?:jobs/[\w-]+\.py)|(?:configs/[\w.-]+\.ya?ml)
 @pytest.mark.parametrize("source", ["cluster/aws.yaml", "cluster/kuberay/raycluster.yaml",
                                     "cluster/kuberay/rayjob.yaml", "cluster/kuberay/prereqs.yaml", "jobs/README.md",
                                     "docs/cluster.md", "docker/Dockerfile.cpu", "docker/Dockerfile.gpu",
-                                    "djray/submit.py"])
+                                    "djray/submit.py", "djray/job_spec.py"])
 def test_every_named_file_exists(source):
     text = (REPO / source).read_text()
     named = set(NAMED.findall(text))
@@ -218,7 +218,7 @@ def test_images_named_in_cluster_files_have_a_dockerfile_and_the_package_version
 
 
 def test_repository_job_scripts_call_the_package_entrypoints():
-    for name, module in submit.ENTRYPOINT_MODULES.items():
+    for name, module in job_spec.ENTRYPOINT_MODULES.items():
         text = (REPO / "jobs" / f"{name}.py").read_text()
         assert f"from {module} import main" in text, f"jobs/{name}.py must call {module}"
 
