@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -89,6 +90,7 @@ class ClipEmbedder(Op):
         self.reads = (self.pixels, S.CAPTION_RAW, S.REJECT_REASON)
         self.cache_dir = cache_dir
         self.model = None
+        self.forwards: ThreadPoolExecutor | None = None
 
     def setup(self) -> None:
         if self.model is not None:
@@ -119,6 +121,11 @@ class ClipEmbedder(Op):
         self.std = torch.tensor(self.built["std"], device=self.device).view(1, 3, 1, 1)
         self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_run())
         self.precision = self.precision_record["chosen"]
+        if (self.resources.calls or 1) > 1:  # a multi-call CPU actor: its calls' forwards share `calls` threads
+            self.forwards = ThreadPoolExecutor(self.resources.calls, thread_name_prefix="clip-forward")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "forwards": None}  # threads do not travel; setup() makes them where the op runs
 
     def _probe_run(self):
         """The `precision: auto` probe: the image tower's first block (a ViT tower), else 8 whole image embeddings."""
@@ -169,8 +176,13 @@ class ClipEmbedder(Op):
         img_out: list[np.ndarray | None] = [None] * n
         txt_out: list[np.ndarray | None] = [None] * n
         score: list[float | None] = [None] * n
-        for chunk in even_chunks(rows, self.params.batch_size):
-            img, txt = self.embed(images[chunk], [captions[r] or "" for r in chunk])
+        chunks = even_chunks(rows, self.params.batch_size)
+
+        def embed(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self.embed(images[chunk], [captions[r] or "" for r in chunk])
+
+        results = self.forwards.map(embed, chunks) if self.forwards else map(embed, chunks)
+        for chunk, (img, txt) in zip(chunks, results):
             for j, r in enumerate(chunk):
                 if not (np.isfinite(img[j]).all() and np.isfinite(txt[j]).all()):
                     reasons[r], details[r] = S.Reason.NONFINITE_EMBEDDING, f"non-finite CLIP embedding ({self.precision})"

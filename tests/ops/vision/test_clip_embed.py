@@ -83,6 +83,26 @@ def test_calls_on_several_threads_at_once_equal_calls_one_after_another(embedder
             assert out[name].to_pylist() == alone[i % 3][name].to_pylist(), name
 
 
+def test_a_multi_call_actors_forwards_share_one_pool_and_equal_calls_in_series(embedder):
+    """With `calls` > 1 (runtime/resources.py) the chunks of every call run on one pool of `calls` threads."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    threaded = ClipEmbedder(ClipParams(weights="random", batch_size=2), vision_image_size=224)
+    threaded.resources = dataclasses.replace(embedder.resources, calls=2)
+    threaded.setup()
+    threaded.model.load_state_dict(embedder.model.state_dict())
+    assert threaded.forwards is not None and threaded.__getstate__()["forwards"] is None  # threads never travel
+    batches = [_batch([enc(noise(230, 210, seed=40 + 5 * b + i), "JPEG") for i in range(5)],
+                      [f"photo {b} {i}" for i in range(5)]) for b in range(2)]
+    alone = [embedder(b) for b in batches]  # 5 rows at batch_size 2: three forwards per call
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(threaded, batches * 2))
+    for i, out in enumerate(together):
+        for name in (S.CLIP_IMAGE_EMBEDDING, S.CLIP_TEXT_EMBEDDING, S.CLIP_SCORE):
+            assert out[name].to_pylist() == alone[i % 2][name].to_pylist(), name
+
+
 def test_other_input_size_gets_its_own_crop_from_the_one_decode():
     base = {"input": {"path": "/x", "format": "webdataset"}, "output": {"path": "/o"}}
     same = phase_a_ops(parse_config({**base, "vision": {"weights": "random"}, "clip": {"weights": "random"}}))
