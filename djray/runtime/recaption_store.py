@@ -65,8 +65,7 @@ def rescued_text_embeddings(fs: pafs.FileSystem, layout: Layout, step_names: lis
         recaptions = read_recaptions(fs, layout, step_name, src_shard, [S.RECAPTION_EMBEDDING])
         if not recaptions.num_rows:
             continue
-        at = pc.index_in(table.column(S.SRC_INDEX), value_set=recaptions.column(S.SRC_INDEX))
-        new = recaptions.column(S.RECAPTION_EMBEDDING).take(at)
+        new = attach(table.select([S.SRC_INDEX]), recaptions, (S.RECAPTION_EMBEDDING,)).column(S.RECAPTION_EMBEDDING)
         old = table.column(S.CLIP_TEXT_EMBEDDING)
         i = table.schema.get_field_index(S.CLIP_TEXT_EMBEDDING)
         table = table.set_column(i, S.CLIP_TEXT_EMBEDDING, pc.if_else(new.is_valid(), new.cast(old.type), old))

@@ -29,11 +29,11 @@ from djray.io import fs as iofs
 from djray.io.errors import task_args
 from djray.ops.sieve.vas import PoolTarget, VasParams
 from djray.ops.sieve.vas_reference import reference_metadata, weights_identity
+from djray.ops.vision.clip_embed import ClipEmbedder
 from djray.runtime.layout import Layout
 from djray.runtime.ledger import Ledger
 from djray.runtime.stream import run_phase_a
 
-CLIP_OP = "clip_embed"
 EXAMPLES = 5  # unusable reference images named in the report
 
 
@@ -49,7 +49,7 @@ def bind_references(plan, params: list, log: Callable[[str], None], progress: bo
         if iofs.read_json(out_fs, layout.step_marker(step.name)) is not None:
             continue  # decided already: run_selection skips it
         if weights is None:
-            weights = weights_identity((iofs.read_json(sig_fs, sig_layout.model_record(CLIP_OP)) or {}).get("model"))
+            weights = weights_identity((iofs.read_json(sig_fs, sig_layout.model_record(ClipEmbedder.name)) or {}).get("model"))
         embedded, report = None, None
         if p.target.images is not None:
             embedded, report = ensure_reference(plan, plan.references[step.index], log, progress)
@@ -76,7 +76,7 @@ def ensure_reference(plan, ref, log: Callable[[str], None], progress: bool) -> t
     log(f"[reference] {images}: embedding {len(todo)} of {len(ref.shards)} shard(s) with {ref.cfg.clip.model}")
     if todo:
         run_phase_a(ref, todo, progress)
-    record = iofs.read_json(fs, layout.model_record(CLIP_OP)) or {}
+    record = iofs.read_json(fs, layout.model_record(ClipEmbedder.name)) or {}
     weights = weights_identity(record.get("model"))
     uri = ref.cfg.output.path
     counts = ray.get(_consolidate.options(**task_args(ref.cfg.ray.task_retries)).remote(
