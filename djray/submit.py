@@ -30,7 +30,6 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 _FAILED_LOGS_MARKER = ", last available logs"
 
 
-
 def make_client(address: str | None):
     """A JobSubmissionClient for `address` (None: RAY_API_SERVER_ADDRESS / RAY_ADDRESS, as `ray job submit`).
 

@@ -7,7 +7,7 @@
   of one transformer block of the real model (`block_probe`: a ViT spends its time in identical blocks, and one block
   costs 1/depth of a forward) in fp32 and in bf16; the faster wins. This project has measured bf16 2.7x faster and
   1.5x slower than fp32 on AVX-512-BF16 CPUs without AMX, and 6x slower on an AVX2-only CPU, where a probe of whole
-  forwards took 59 s of an actor's start (one block: 2 s): only a measurement on the machine at hand says which.
+  forwards took 59 s of an actor's start (one block: 2–4 s): only a measurement on the machine at hand says which.
 
 Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
 returned for the manifest's model record (`precision`).

@@ -14,6 +14,7 @@ rows. A filtering op returns `REJECT_REASON` / `REJECT_DETAIL` arrays (null wher
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -86,6 +87,13 @@ class Op:
 
     def __call__(self, batch: pa.Table) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def forward_pool(resources: Resources, name: str) -> ThreadPoolExecutor | None:
+    """The pool of `calls` threads a multi-call CPU actor's forwards share (so the last block of a run is spread over
+    every core), or None for one call at a time. Threads do not pickle: an op makes its pool in setup()."""
+    calls = resources.calls or 1
+    return ThreadPoolExecutor(calls, thread_name_prefix=f"{name}-forward") if calls > 1 else None
 
 
 def alive_mask(batch: pa.Table) -> np.ndarray:

@@ -49,9 +49,14 @@ def read_recaptions(fs: pafs.FileSystem, layout: Layout, step_name: str, src_sha
     return table.sort_by([(S.SRC_INDEX, "ascending")])
 
 
+def _positions(rows: pa.Table, recaptions: pa.Table) -> pa.ChunkedArray:
+    """For each row, the position of its recaption by src_index (null where it has none): `take` aligns by it."""
+    return pc.index_in(rows.column(S.SRC_INDEX), value_set=recaptions.column(S.SRC_INDEX))
+
+
 def attach(rows: pa.Table, recaptions: pa.Table, names: tuple[str, ...]) -> pa.Table:
     """`rows` with the recaption columns `names` appended by src_index (null where a row has no recaption)."""
-    at = pc.index_in(rows.column(S.SRC_INDEX), value_set=recaptions.column(S.SRC_INDEX))
+    at = _positions(rows, recaptions)
     for name in names:
         rows = rows.append_column(name, recaptions.column(name).take(at))
     return rows
@@ -65,7 +70,7 @@ def rescued_text_embeddings(fs: pafs.FileSystem, layout: Layout, step_names: lis
         recaptions = read_recaptions(fs, layout, step_name, src_shard, [S.RECAPTION_EMBEDDING])
         if not recaptions.num_rows:
             continue
-        new = attach(table.select([S.SRC_INDEX]), recaptions, (S.RECAPTION_EMBEDDING,)).column(S.RECAPTION_EMBEDDING)
+        new = recaptions.column(S.RECAPTION_EMBEDDING).take(_positions(table, recaptions))
         old = table.column(S.CLIP_TEXT_EMBEDDING)
         i = table.schema.get_field_index(S.CLIP_TEXT_EMBEDDING)
         table = table.set_column(i, S.CLIP_TEXT_EMBEDDING, pc.if_else(new.is_valid(), new.cast(old.type), old))

@@ -49,7 +49,8 @@ def bind_references(plan, params: list, log: Callable[[str], None], progress: bo
         if iofs.read_json(out_fs, layout.step_marker(step.name)) is not None:
             continue  # decided already: run_selection skips it
         if weights is None:
-            weights = weights_identity((iofs.read_json(sig_fs, sig_layout.model_record(ClipEmbedder.name)) or {}).get("model"))
+            record = iofs.read_json(sig_fs, sig_layout.model_record(ClipEmbedder.name)) or {}
+            weights = weights_identity(record.get("model"))
         embedded, report = None, None
         if p.target.images is not None:
             embedded, report = ensure_reference(plan, plan.references[step.index], log, progress)

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 
 from djray import schema as S
 from djray.models import weights as W
-from djray.ops.base import RUNTIME, Op, Params, ResourcesParams, alive_mask
+from djray.ops.base import RUNTIME, Op, Params, ResourcesParams, alive_mask, forward_pool
 
 log = logging.getLogger(__name__)
 _TYPES = {f.name: f.type for f in S.CLIP_SIGNAL_FIELDS}
@@ -121,8 +121,7 @@ class ClipEmbedder(Op):
         self.std = torch.tensor(self.built["std"], device=self.device).view(1, 3, 1, 1)
         self.precision_record = resolve_precision(self.params.precision, self.device, self._probe_run())
         self.precision = self.precision_record["chosen"]
-        if (self.resources.calls or 1) > 1:  # a multi-call CPU actor: its calls' forwards share `calls` threads
-            self.forwards = ThreadPoolExecutor(self.resources.calls, thread_name_prefix="clip-forward")
+        self.forwards = forward_pool(self.resources, self.name)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "forwards": None}  # threads do not travel; setup() makes them where the op runs

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from djray import schema as S
 from djray.models.precision import block_probe, resolve_precision
-from djray.ops.base import Op, Resources, alive_mask
+from djray.ops.base import Op, Resources, alive_mask, forward_pool
 from djray.ops.vision.class_head import build_head, probabilities, top_classes
 from djray.ops.vision.params import VisionParams
 from djray.patches import select_patches
@@ -110,9 +110,7 @@ class DinoPatchScorer(Op):
         self.precision = self.precision_record["chosen"]
         self.head = build_head(p.head, seed=p.seed, cache_dir=self.cache_dir)
         self.head.setup(self.backbone, int(self.model.embed_dim), self.device, self.precision)
-        if (self.resources.calls or 1) > 1:  # a multi-call CPU actor: its calls' forwards share `calls` threads, so
-            # the last block of a run is spread over every core instead of one
-            self.forwards = ThreadPoolExecutor(self.resources.calls, thread_name_prefix="dino-forward")
+        self.forwards = forward_pool(self.resources, self.name)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "forwards": None}  # threads do not travel; setup() makes them where the op runs
