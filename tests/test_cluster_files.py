@@ -266,10 +266,17 @@ def test_dockerfile_pins_and_extras(kind):
             assert extra in EXTRAS, f"Dockerfile.{kind} installs extra {extra!r}, not in pyproject.toml"
     extras = {e for g in installed for e in g.split(",")}
     assert {"vision", "cluster"} <= extras
-    # torch / torchvision pins = constraints.txt
-    pins = _constraints()
+    # torch / torchvision: the CPU image = constraints.txt; the GPU image = the pins of the vLLM it installs (named in
+    # its header, for the vLLM version pyproject.toml pins)
     args = _args(lines)
-    assert args["TORCH_VERSION"] == pins["torch"] and args["TORCHVISION_VERSION"] == pins["torchvision"]
+    if kind == "cpu":
+        pins = _constraints()
+    else:
+        named = re.search(r"\(vllm ([\w.]+): torch==([\w.]+), torchvision==([\w.]+)\)", text)
+        assert named, "Dockerfile.gpu names vLLM's torch pins in its header"
+        assert named.group(1) == _pin(EXTRAS["gpu"], "vllm"), "the header names another vLLM than pyproject.toml"
+        pins = {"torch": named.group(2), "torchvision": named.group(3)}
+    assert (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == (pins["torch"], pins["torchvision"]), kind
     assert re.search(r'"torch==\$\{TORCH_VERSION\}"', text) and re.search(
         r'"torchvision==\$\{TORCHVISION_VERSION\}"', text)
     # any version named in the file agrees with pyproject.toml
