@@ -3,11 +3,16 @@
 * CUDA: bf16 (tensor cores; scores, softmax and the embedding stay fp32 where the op asks for it).
 * CPU with AMX (`amx_bf16` in /proc/cpuinfo): bf16, no probe. Measured on such a Xeon: the ViT-S/16 op 2.9x faster
   in bf16 than in fp32 (benchmarks/RESULTS.md).
-* any other CPU, `avx512_bf16` without AMX included: a short probe at actor set-up — a warm-up, then two timed calls
-  of one transformer block of the real model (`block_probe`: a ViT spends its time in identical blocks, and one block
-  costs 1/depth of a forward) in fp32 and in bf16; the faster wins. This project has measured bf16 2.7x faster and
-  1.5x slower than fp32 on AVX-512-BF16 CPUs without AMX, and 6x slower on an AVX2-only CPU, where a probe of whole
-  forwards took 59 s of an actor's start (one block: 2–4 s): only a measurement on the machine at hand says which.
+* CPU with no bf16 instruction at all (x86 without `avx512_bf16`, `avx_ne_convert` or AMX; ARM without `bf16`): fp32,
+  no probe. There, oneDNN has no bf16 dot product: bf16 operands are widened to fp32 and multiplied in fp32, so the
+  conversion is pure extra work (measured: 6x slower than fp32 on an AVX2-only AMD EPYC, where even the probe cost
+  2-4 s of every actor's start).
+* any other CPU (bf16 instructions without AMX: `avx512_bf16`'s dot product, `avx_ne_convert`, ARM's `bf16`):
+  a short probe at actor set-up — a warm-up, then two timed calls of one transformer block of the real model
+  (`block_probe`: a ViT spends its time in identical blocks, and one block costs 1/depth of a forward) in fp32 and in
+  bf16; the faster wins. This project has measured
+  bf16 2.7x faster and 1.5x slower than fp32 on AVX-512-BF16 CPUs without AMX: only a measurement on the machine at
+  hand says which. A machine whose flags cannot be read is probed too.
 
 Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
 returned for the manifest's model record (`precision`).
@@ -20,14 +25,15 @@ from collections.abc import Callable
 from typing import Any
 
 NATIVE_BF16_FLAGS = ("amx_bf16",)  # bf16 matrix units: bf16 without a probe
+BF16_INSTRUCTION_FLAGS = ("avx512_bf16", "avx_ne_convert", "bf16")  # x86 dot product, x86 conversions, ARM: probe
 
 
 def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags of this machine (empty where /proc/cpuinfo is unavailable)."""
+    """The CPU feature flags of this machine: x86's `flags`, ARM's `Features` (empty where neither can be read)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -71,7 +77,7 @@ def block_probe(block: Any, tokens: int, width: int, device: str, batch: int = 8
 def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | None = None,
                       flags: set[str] | None = None) -> dict[str, Any]:
     """{"requested", "chosen", "why"[, "probe_s"]}: `requested` unless it is "auto"; `run(precision)` runs one probe
-    call of the real model (a block or a small batch; needed only on a CPU without native bf16)."""
+    call of the real model (a block or a small batch; needed only on a CPU with bf16 instructions but no AMX)."""
     if requested != "auto":
         return {"requested": requested, "chosen": requested, "why": "set in the config"}
     if device == "cuda":
@@ -80,6 +86,9 @@ def resolve_precision(requested: str, device: str, run: Callable[[str], Any] | N
     native = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if native:
         return {"requested": "auto", "chosen": "bf16", "why": f"CPU has bf16 matrix units ({', '.join(native)})"}
+    if flags and not any(f in flags for f in BF16_INSTRUCTION_FLAGS):
+        names = ", ".join(NATIVE_BF16_FLAGS + BF16_INSTRUCTION_FLAGS)
+        return {"requested": "auto", "chosen": "fp32", "why": f"CPU without bf16 instructions (none of {names})"}
     if run is None:
         return {"requested": "auto", "chosen": "fp32", "why": "CPU without AMX, no probe possible"}
     seconds = probe(run)

@@ -1,4 +1,5 @@
-"""`precision: auto` (djray/models/precision.py): bf16 on CUDA and on CPUs with AMX, else measured."""
+"""`precision: auto` (djray/models/precision.py): bf16 on CUDA and on CPUs with AMX, fp32 on CPUs without bf16
+instructions, else measured."""
 
 from __future__ import annotations
 
@@ -29,11 +30,30 @@ def test_other_cpus_are_probed_and_the_faster_precision_wins():
     assert rec["chosen"] == ("bf16" if s["bf16"] < s["fp32"] else "fp32") and "probe" in rec["why"]
 
 
+def test_cpus_without_any_bf16_instruction_choose_fp32_without_a_probe():
+    def never(precision):
+        raise AssertionError("no probe expected")
+
+    for flags in ({"avx", "avx2", "fma"}, {"avx512f", "avx512_vnni"}, {"fp", "asimd", "sve"}):  # AVX2, AVX-512, ARM
+        rec = resolve_precision("auto", "cpu", never, flags=flags)
+        assert rec["chosen"] == "fp32" and "without bf16 instructions" in rec["why"] and "probe_s" not in rec
+
+
+def test_bf16_instructions_without_amx_and_unreadable_flags_are_probed():
+    for flags in ({"avx2", "avx_ne_convert"}, {"fp", "asimd", "bf16"}, set()):
+        calls = []
+        rec = resolve_precision("auto", "cpu", calls.append, flags=flags)
+        assert len(calls) == 6 and set(rec["probe_s"]) == {"fp32", "bf16"}, flags
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     f = tmp_path / "cpuinfo"
     f.write_text("processor\t: 0\nflags\t\t: fpu sse avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
     assert cpu_flags(str(f)) == {"fpu", "sse", "avx512_bf16"}
     assert cpu_flags(str(tmp_path / "missing")) == set()
+    arm = tmp_path / "cpuinfo_arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd40\n")
+    assert cpu_flags(str(arm)) == {"fp", "asimd", "sve", "bf16", "i8mm"}
 
 
 def test_the_vision_op_records_precision_and_threads():
