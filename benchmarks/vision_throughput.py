@@ -245,7 +245,7 @@ def main() -> int:
     args = ap.parse_args()
     fp32_sizes = args.fp32_sizes if args.fp32_sizes is not None else [min(args.sizes)]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="djray-vbench-"))
-    from djray.models.precision import cpu_flags
+    from djray.models.precision import BF16_INSTRUCTION_FLAGS, NATIVE_BF16_FLAGS, cpu_flags
     from djray.sample_data import write_sample_corpus
 
     corpora = {}
@@ -253,7 +253,7 @@ def main() -> int:
         corpora[n] = work / f"corpus-{n}"
         if not corpora[n].exists():
             write_sample_corpus(str(corpora[n]), n, max(1, n // args.shard_rows), "webdataset", seed=0)
-    flags = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16", "avx512f", "avx2"})
+    flags = sorted(cpu_flags() & {*NATIVE_BF16_FLAGS, *BF16_INSTRUCTION_FLAGS, "avx512f", "avx2"})
     print(f"{os.cpu_count()} CPUs ({', '.join(flags)}); {MODEL} {IMAGE_SIZE}px random weights, batch {BATCH}; "
           f"{args.shard_rows} images per shard; load avg {os.getloadavg()}", flush=True)
     ratios: list[str] = []
