@@ -19,6 +19,18 @@ def _run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
 
 
+def _with_torchvision_folder(folder, code: str) -> subprocess.CompletedProcess:
+    """Run `code` where torchvision's package folder is `folder` (what the patch looks in for the extension)."""
+    return _run(textwrap.dedent(f"""
+        import importlib.util, pathlib, types
+        import torch
+        folder = pathlib.Path({str(folder)!r})
+        real = importlib.util.find_spec
+        fake = types.SimpleNamespace(submodule_search_locations=[str(folder)])
+        importlib.util.find_spec = lambda name, *a: fake if name == "torchvision" else real(name, *a)
+    """) + textwrap.dedent(code))
+
+
 def test_timm_open_clip_and_torchvision_import_after_the_patch():
     # This environment's own pair: a CPU torch beside PyPI's torchvision (the schemas are defined here), or one build
     # of both (the real extension is loaded here and torchvision finds its ops registered).
@@ -35,21 +47,14 @@ def test_timm_open_clip_and_torchvision_import_after_the_patch():
 def test_an_extension_that_loads_is_loaded_instead_of_defining_schemas(tmp_path):
     # A stand-in extension that loads and registers its own nms (as a working torchvision's does): the patch must load
     # it and define nothing, or the process aborts on the duplicate definition.
-    out = _run(f"""
-        import importlib.util, pathlib, types
-        import torch
-        folder = pathlib.Path({str(tmp_path)!r}) / "torchvision"
-        folder.mkdir()
-        real = importlib.util.find_spec
-        fake = types.SimpleNamespace(submodule_search_locations=[str(folder)])
-        importlib.util.find_spec = lambda name, *a: fake if name == "torchvision" else real(name, *a)
+    (tmp_path / "_C_stable.so").write_bytes(b"")
+    out = _with_torchvision_folder(tmp_path, """
         loaded = []
         torch.ops.load_library = lambda path: loaded.append(pathlib.Path(path).name) or _register()
         def _register():
             global LIB
             LIB = torch.library.Library("torchvision", "DEF")
             LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        (folder / "_C_stable.so").write_bytes(b"")
         from djray import _compat
         _compat.patch_torchvision()
         print(loaded, "_TORCHVISION_LIB" in vars(_compat), flush=True)
@@ -59,15 +64,8 @@ def test_an_extension_that_loads_is_loaded_instead_of_defining_schemas(tmp_path)
 
 
 def test_an_extension_that_cannot_load_gets_the_schemas(tmp_path):
-    out = _run(f"""
-        import importlib.util, pathlib, types
-        import torch
-        folder = pathlib.Path({str(tmp_path)!r}) / "torchvision"
-        folder.mkdir()
-        (folder / "_C.so").write_bytes(b"not a shared library")
-        real = importlib.util.find_spec
-        fake = types.SimpleNamespace(submodule_search_locations=[str(folder)])
-        importlib.util.find_spec = lambda name, *a: fake if name == "torchvision" else real(name, *a)
+    (tmp_path / "_C.so").write_bytes(b"not a shared library")
+    out = _with_torchvision_folder(tmp_path, """
         from djray import _compat
         _compat.patch_torchvision()
         print("_TORCHVISION_LIB" in vars(_compat), torch.ops.torchvision.nms is not None, flush=True)

@@ -20,8 +20,8 @@ Task workers run at the lowest CPU priority (`TASK_NICENESS`, set once per worke
 keep the niceness Ray starts every worker with (its `worker_niceness`, 15): where both want the same cores, the model
 (the slowest stage, and while it starts a serial critical path of process start, imports and model build) gets the
 larger share (Linux CFS weights 36 against 15), and read/decode use what it leaves. The work done is the same; only
-its order changes. Measured on 2 cores at 5,000 images before this: the model actor's creation took 22-27 s while
-decode tasks ran beside it, against 9 s in a 1,200-image run whose decode finished early (benchmarks/RESULTS.md).
+its order changes. Measured on 2 cores at 5,000 images: the model actor's creation took 22-27 s while decode tasks
+ran beside it at the same niceness, 11.5 s with them at 19 (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
