@@ -10,9 +10,9 @@
 * any other CPU (bf16 instructions without AMX: `avx512_bf16`'s dot product, `avx_ne_convert`, ARM's `bf16`):
   a short probe at actor set-up — a warm-up, then two timed calls of one transformer block of the real model
   (`block_probe`: a ViT spends its time in identical blocks, and one block costs 1/depth of a forward) in fp32 and in
-  bf16; the faster wins. This project has measured
-  bf16 2.7x faster and 1.5x slower than fp32 on AVX-512-BF16 CPUs without AMX: only a measurement on the machine at
-  hand says which. A machine whose flags cannot be read is probed too.
+  bf16; the faster wins. This project has measured bf16 2.7x faster and 1.5x slower than fp32 on AVX-512-BF16 CPUs
+  without AMX: only a measurement on the machine at hand says which. A machine whose flags cannot be read is probed
+  too.
 
 Machines differ from one run to the next, so nothing here is a belief about one CPU: the choice and the reason are
 returned for the manifest's model record (`precision`).
