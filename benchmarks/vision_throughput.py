@@ -4,11 +4,13 @@ Printed in one run, in the precision asked (`auto` by default: what djray choose
 (ViT-S/16 DINO architecture, random weights, 224 px, batch 64):
 
 * op in-process — `DinoPatchScorer` (forward + scores + top-k + columns) on ready-made canonical crops, torch's
-  default threads, no decode and no I/O: the ceiling of the vision stage on this machine;
+  default threads, no decode and no I/O: the ceiling of the vision stage on this machine; once with glibc's default
+  allocator, once in a child process started with the tunables djray's CPU model actors get (runtime/malloc.py);
 * bare loop — a fresh Python process doing what a hand-written script would: read each tar, decode with PIL
   (`open_image`, the same checks), caption/min-side policy, canonical crop, one `forward_dino` per 64 crops, head
   aggregation, `select_patches`, one Parquet file per shard; timed from spawn to exit (its own imports and model
-  build included), and its loop alone (start-up removed);
+  build included), and its loop alone (start-up removed); glibc's default allocator, as a hand-written script runs,
+  and with `--bare-tuned-sizes` once more with djray's actor tunables (what the same script gains from them);
 * djray whole run — `python -m djray run job.yaml` with the vision section at its defaults (`weights: random`,
   `precision` as asked, `auto` by default, everything else left out: resources resolved by the runtime), timed from
   launch to exit: Ray start, actor start, every phase, the manifest and Ray's shutdown are inside;
@@ -19,7 +21,7 @@ Printed in one run, in the precision asked (`auto` by default: what djray choose
 One `BENCH` line per measurement; ratios djray / bare are printed at the end. Run on a quiet machine:
 
     flock -x /tmp/djray-cpu.lock python benchmarks/vision_throughput.py [--precision auto|bf16|fp32] [--sizes 1200 5000]
-        [--fp32-sizes 1200]
+        [--fp32-sizes 1200] [--bare-tuned-sizes 1200]
 """
 
 from __future__ import annotations
@@ -124,17 +126,20 @@ def bare_loop(corpus: Path, out: Path, model_name: str, image_size: int, precisi
     return rows, scored, t
 
 
-def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int) -> dict:
-    """The bare loop in a fresh interpreter, timed from spawn to exit (start-up included)."""
-    import json
-    import subprocess
+def _child_env(tunables: str | None) -> dict[str, str]:
+    """This environment, with GLIBC_TUNABLES set to `tunables` (None: glibc's defaults)."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    return {**env, "GLIBC_TUNABLES": tunables} if tunables else env
 
+
+def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int, tunables: str | None = None) -> dict:
+    """The bare loop in a fresh interpreter, timed from spawn to exit (start-up included)."""
     spec = {"corpus": str(corpus), "out": str(out), "model": args.model, "image_size": args.image_size,
             "precision": args.precision, "batch": batch}
     before = os.times()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--bare-child", json.dumps(spec)], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, env=_child_env(tunables))
     wall = time.perf_counter() - t0
     after = os.times()
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -144,8 +149,6 @@ def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int) -> d
 
 
 def bare_child(spec_json: str) -> int:
-    import json
-
     spec = json.loads(spec_json)
     rows, scored, parts = bare_loop(Path(spec["corpus"]), Path(spec["out"]), spec["model"], spec["image_size"],
                                     spec["precision"], spec["batch"], 0.5)
@@ -163,7 +166,7 @@ def bench(name: str, rows: int, wall: float, rss: float, **kv) -> None:
           f"load_avg={os.getloadavg()[0]:.2f} {extra}".rstrip(), flush=True)
 
 
-def op_in_process(corpus: Path, precision: str, n: int = 256) -> float:
+def op_in_process(corpus: Path, precision: str, n: int = 256, name: str = "") -> float:
     """img/s of the vision op alone on `n` canonical crops (two timed passes after a warm-up batch)."""
     from djray import schema as S
     from djray._compat import patch_torchvision
@@ -198,9 +201,32 @@ def op_in_process(corpus: Path, precision: str, n: int = 256) -> float:
     for _ in range(2):
         op(batch)
     wall = time.perf_counter() - t0
-    bench(f"op_inprocess_{precision}", 2 * m, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          threads=op.describe()["threads"])
+    bench(name or f"op_inprocess_{precision}", 2 * m, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          threads=op.describe()["threads"], malloc=os.environ.get("GLIBC_TUNABLES") and "actor" or "default")
     return 2 * m / wall
+
+
+def op_rates(corpus: Path, precision: str) -> tuple[float, float]:
+    """img/s of the op alone with glibc's default allocator and with the actors' tunables."""
+    return op_in_process(corpus, precision), op_with_actor_malloc(corpus, precision)
+
+
+def op_with_actor_malloc(corpus: Path, precision: str) -> float:
+    """`op_in_process` in a child process started with the allocator tunables of djray's CPU model actors."""
+    from djray.runtime.malloc import CPU_ACTOR_TUNABLES
+
+    spec = json.dumps({"corpus": str(corpus), "precision": precision})
+    proc = subprocess.run([sys.executable, __file__, "--op-child", spec], capture_output=True, text=True, check=True,
+                          env=_child_env(CPU_ACTOR_TUNABLES))
+    lines = proc.stdout.strip().splitlines()
+    print(lines[-2], flush=True)  # the child's BENCH line
+    return float(lines[-1])
+
+
+def op_child(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    print(op_in_process(Path(spec["corpus"]), spec["precision"], name=f"op_inprocess_{spec['precision']}_actor_malloc"))
+    return 0
 
 
 def run_djray(corpus: Path, out: Path, precision: str) -> dict:
@@ -234,18 +260,23 @@ def run_djray(corpus: Path, out: Path, precision: str) -> dict:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--bare-child":
         return bare_child(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--op-child":
+        return op_child(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="precision of the --sizes runs (auto, djray's default: the bare loop and the op in-process "
                          "run what djray chose)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1200, 5000], help="images per corpus")
     ap.add_argument("--fp32-sizes", type=int, nargs="*", default=None, help="sizes run in fp32 (default: smallest)")
+    ap.add_argument("--bare-tuned-sizes", type=int, nargs="*", default=[],
+                    help="sizes whose bare loop runs once more with djray's actor allocator tunables")
     ap.add_argument("--shard-rows", type=int, default=200, help="images per input shard")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     fp32_sizes = args.fp32_sizes if args.fp32_sizes is not None else [min(args.sizes)]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="djray-vbench-"))
     from djray.models.precision import BF16_INSTRUCTION_FLAGS, NATIVE_BF16_FLAGS, cpu_flags
+    from djray.runtime.malloc import CPU_ACTOR_TUNABLES
     from djray.sample_data import write_sample_corpus
 
     corpora = {}
@@ -260,13 +291,13 @@ def main() -> int:
     for requested, sizes in ((args.precision, args.sizes), ("fp32", fp32_sizes)):
         if not sizes:
             continue
-        op_rate = None if requested == "auto" else op_in_process(corpora[min(sizes)], requested)
+        op_rate, actor_rate = (None, None) if requested == "auto" else op_rates(corpora[min(sizes)], requested)
         whole: dict[str, dict[int, float]] = {"bare": {}, "djray": {}}
         for n in sizes:
             run = run_djray(corpora[n], work / "djray-out", requested)
             chosen = run["model"]["precision"]["chosen"]  # the bare loop runs what djray ran (auto: its choice)
             if op_rate is None:
-                op_rate = op_in_process(corpora[min(sizes)], chosen)
+                op_rate, actor_rate = op_rates(corpora[min(sizes)], chosen)
                 other = "fp32" if chosen == "bf16" else "bf16"
                 op_in_process(corpora[min(sizes)], other, n=64)  # what auto did not choose, for the record
             ns = argparse.Namespace(model=MODEL, image_size=IMAGE_SIZE, precision=chosen)
@@ -275,6 +306,11 @@ def main() -> int:
             bench(f"bare_whole_{requested}", bare["rows"], bare["wall_s"], _child_rss_mb(), chosen=chosen)
             bench(f"bare_loop_{requested}", bare["rows"], loop_s, _child_rss_mb(),
                   startup_s=bare["wall_s"] - loop_s)
+            if n in args.bare_tuned_sizes:
+                tuned = run_bare(corpora[n], work / "bare", ns, BATCH, CPU_ACTOR_TUNABLES)
+                tuned_loop_s = sum(v for k, v in tuned["parts"].items() if k not in ("imports", "model"))
+                bench(f"bare_whole_{requested}_actor_malloc", tuned["rows"], tuned["wall_s"], _child_rss_mb())
+                bench(f"bare_loop_{requested}_actor_malloc", tuned["rows"], tuned_loop_s, _child_rss_mb())
             m = run["manifest"]
             assert m["rows_in"] == bare["rows"] and m["rows_kept"] == bare["scored"], (m["rows_in"], bare)
             steady_s = run["signals_end_s"] - run["ready_s"]
@@ -291,7 +327,11 @@ def main() -> int:
                           f"steady {(m['rows_in'] / steady_s) / (bare['rows'] / loop_s):.2f} "
                           f"(djray {m['rows_in'] / run['wall_s']:.1f} / {m['rows_in'] / steady_s:.1f} img/s, bare "
                           f"{bare['rows'] / bare['wall_s']:.1f} / {bare['rows'] / loop_s:.1f}, op alone "
-                          f"{op_rate:.1f})")
+                          f"{op_rate:.1f}, {actor_rate:.1f} with the actors' allocator)")
+            if n in args.bare_tuned_sizes:
+                ratios.append(f"    against the bare loop with the actors' allocator too: whole "
+                              f"{tuned['wall_s'] / run['wall_s']:.2f}, steady "
+                              f"{(m['rows_in'] / steady_s) / (tuned['rows'] / tuned_loop_s):.2f}")
         if len(sizes) >= 2:
             a, b = min(sizes), max(sizes)
             rates = {k: (b - a) / (v[b] - v[a]) for k, v in whole.items()}

@@ -172,6 +172,10 @@ def test_vision_run_writes_the_contract(vision_job):
     cores = min(4, os.cpu_count())
     r = model["resources"]
     assert (r["pool_size"], r["calls"]) == (1, cores) and model["threads"] == r["threads"] == 1
+    # the CPU actor's process started with the allocator tunables (read inside it: runtime/malloc.py)
+    from djray.runtime.malloc import CPU_ACTOR_TUNABLES
+
+    assert model["malloc"] == os.environ.get("GLIBC_TUNABLES", CPU_ACTOR_TUNABLES)
     assert r["pool_size"] * r["num_cpus"] <= 4 - 1
     assert model["precision"] == {"requested": "fp32", "chosen": "fp32", "why": "set in the config"}
 

@@ -43,6 +43,7 @@ from djray.io.source import ReadSpec, read_shard
 from djray.ops.base import Op, apply_op_output
 from djray.runtime.decisions import SelectionContext
 from djray.runtime.fuse import FusedOp, fuse_stateful
+from djray.runtime import malloc
 from djray.runtime.kept import read_kept_rows, stage_patches
 from djray.runtime.layout import Layout
 from djray.runtime.signals import stage_batch
@@ -100,7 +101,8 @@ class _OpActor:
     """Actor wrapper for stateful ops: `setup()` runs once when the actor starts.
 
     If the op can `describe()` what it loaded (model sources, checksums), the description is written to
-    `<output>/_djray/models/<op>.json` for the manifest; every actor writes the same content.
+    `<output>/_djray/models/<op>.json` for the manifest, with `malloc`: the allocator settings the actor's process
+    started with (runtime/malloc.py); every actor writes the same content.
     """
 
     def __init__(self, op: Op, output_uri: str, storage: iofs.Storage):
@@ -108,6 +110,7 @@ class _OpActor:
         op.setup()
         describe = getattr(op, "describe", None)
         records = op.records() if isinstance(op, FusedOp) else {op.name: describe()} if describe is not None else {}
+        records = {name: {**record, "malloc": malloc.describe()} for name, record in records.items()}
         if records:
             fs, root = iofs.resolve(output_uri, storage)
             for name, record in records.items():
@@ -191,7 +194,7 @@ def add_op(ds: ray.data.Dataset, op: Op, output_uri: str, storage: iofs.Storage,
         return ds.map_batches(_OpActor, fn_constructor_args=(op, output_uri, storage), num_cpus=res.num_cpus,
                               num_gpus=res.num_gpus, compute=actor_pool(res),
                               batch_size=(block_rows or res.batch_size) if res.num_gpus else None,
-                              max_restarts=-1, **kwargs)
+                              max_restarts=-1, **malloc.actor_runtime_env(res), **kwargs)
     # Stateless ops take whole blocks (≤ input.rows_per_block rows): with no batch size, Ray Data fuses them into
     # the read task, so a shard is read, decoded and staged in one process without object-store round trips.
     return ds.map_batches(functools.partial(_run_op_task, op=op), num_cpus=res.num_cpus, batch_size=None, **kwargs,
