@@ -15,9 +15,11 @@ from djray.ops.base import Resources
 from djray.runtime import malloc
 
 # Two threads allocate, touch and free a 48 MB buffer (above glibc's largest mmap threshold) again and again, like
-# the batches of a two-call actor; prints the page faults of the rounds after the first.
+# the batches of a two-call actor; prints the page faults of the rounds after the first. Transparent huge pages are
+# turned off for the child (prctl PR_SET_THP_DISABLE) so that a page is 4 KiB on any kernel setting.
 _CHILD = """
-import json, resource, threading
+import ctypes, json, resource, threading
+ctypes.CDLL(None, use_errno=True).prctl(41, 1, 0, 0, 0)
 def rounds(n):
     for _ in range(n):
         b = bytearray(48 << 20)
