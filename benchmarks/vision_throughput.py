@@ -148,6 +148,11 @@ def run_bare(corpus: Path, out: Path, args: argparse.Namespace, batch: int, tuna
     return result
 
 
+def loop_seconds(bare: dict) -> float:
+    """The bare loop's own seconds: its parts less the start-up (imports, model build)."""
+    return sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
+
+
 def bare_child(spec_json: str) -> int:
     spec = json.loads(spec_json)
     rows, scored, parts = bare_loop(Path(spec["corpus"]), Path(spec["out"]), spec["model"], spec["image_size"],
@@ -202,7 +207,7 @@ def op_in_process(corpus: Path, precision: str, n: int = 256, name: str = "") ->
         op(batch)
     wall = time.perf_counter() - t0
     bench(name or f"op_inprocess_{precision}", 2 * m, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          threads=op.describe()["threads"], malloc=os.environ.get("GLIBC_TUNABLES") and "actor" or "default")
+          threads=op.describe()["threads"], malloc="actor" if os.environ.get("GLIBC_TUNABLES") else "default")
     return 2 * m / wall
 
 
@@ -302,13 +307,13 @@ def main() -> int:
                 op_in_process(corpora[min(sizes)], other, n=64)  # what auto did not choose, for the record
             ns = argparse.Namespace(model=MODEL, image_size=IMAGE_SIZE, precision=chosen)
             bare = run_bare(corpora[n], work / "bare", ns, BATCH)
-            loop_s = sum(v for k, v in bare["parts"].items() if k not in ("imports", "model"))
+            loop_s = loop_seconds(bare)
             bench(f"bare_whole_{requested}", bare["rows"], bare["wall_s"], _child_rss_mb(), chosen=chosen)
             bench(f"bare_loop_{requested}", bare["rows"], loop_s, _child_rss_mb(),
                   startup_s=bare["wall_s"] - loop_s)
             if n in args.bare_tuned_sizes:
                 tuned = run_bare(corpora[n], work / "bare", ns, BATCH, CPU_ACTOR_TUNABLES)
-                tuned_loop_s = sum(v for k, v in tuned["parts"].items() if k not in ("imports", "model"))
+                tuned_loop_s = loop_seconds(tuned)
                 bench(f"bare_whole_{requested}_actor_malloc", tuned["rows"], tuned["wall_s"], _child_rss_mb())
                 bench(f"bare_loop_{requested}_actor_malloc", tuned["rows"], tuned_loop_s, _child_rss_mb())
             m = run["manifest"]

@@ -41,9 +41,9 @@ from djray.io import fs as iofs
 from djray.io.errors import task_args
 from djray.io.source import ReadSpec, read_shard
 from djray.ops.base import Op, apply_op_output
+from djray.runtime import malloc
 from djray.runtime.decisions import SelectionContext
 from djray.runtime.fuse import FusedOp, fuse_stateful
-from djray.runtime import malloc
 from djray.runtime.kept import read_kept_rows, stage_patches
 from djray.runtime.layout import Layout
 from djray.runtime.signals import stage_batch
